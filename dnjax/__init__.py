@@ -1,0 +1,1 @@
+"""dnjax: Densely Connected Convolutional Networks and their baselines in JAX/Flax."""

@@ -1,0 +1,316 @@
+"""DenseNet (Huang et al., arXiv 1608.06993): plain, -B, -C and -BC, CIFAR and ImageNet stems.
+
+Layer l of a dense block sees the channel-wise concatenation [x_0, x_1, ..., x_{l-1}] of the block
+input and every earlier layer's output, and adds ``growth_rate`` channels of its own; a block of n
+layers therefore turns c_in channels into c_in + n * k. Transitions between blocks compress to
+floor(theta * m) channels and halve height and width.
+
+The pre-activation composite function (BN-ReLU-Conv) is the paper's and the default; the
+post-activation one (Conv-BN-ReLU) exists for the ablation and is a separate pair of classes
+(:class:`PostActDenseLayer`, :class:`PostActTransition`), chosen by ``activation='post'``.
+
+``memory_efficient=True`` wraps each layer in ``nn.remat``: the concatenation, BatchNorm, ReLU and
+1x1 convolution are recomputed in the backward pass instead of being stored, which makes feature
+memory linear in depth. Recomputation is functional, so BatchNorm running statistics are updated
+once per step, by the forward pass only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dnjax.models import common
+from dnjax.models.common import ModuleDef
+
+DROPOUT_PLACEMENTS = ("torch", "torchvision")
+ACTIVATIONS = ("pre", "post")
+STEMS = ("cifar", "imagenet")
+
+
+def _concat(features: Sequence[jnp.ndarray]) -> jnp.ndarray:
+    return features[0] if len(features) == 1 else jnp.concatenate(features, axis=-1)
+
+
+class DenseLayer(nn.Module):
+    """Pre-activation H_l: BN-ReLU-Conv3x3(k), or with ``bottleneck`` the DenseNet-B form
+    BN-ReLU-Conv1x1(bn_size * k)-BN-ReLU-Conv3x3(k).
+
+    Takes the list of feature maps produced so far and concatenates them itself, so that in
+    memory-efficient mode the concatenation is part of what gets recomputed.
+    """
+
+    growth_rate: int
+    bottleneck: bool
+    bn_size: int
+    conv: ModuleDef
+    norm: ModuleDef
+    dropout_rate: float = 0.0
+    dropout_placement: str = "torch"
+
+    @nn.compact
+    def __call__(self, features: Sequence[jnp.ndarray], train: bool) -> jnp.ndarray:
+        x = _concat(features)
+        if self.bottleneck:
+            x = nn.relu(self.norm(name="norm1")(x))
+            x = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
+            if self.dropout_placement == "torch":
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = nn.relu(self.norm(name="norm2")(x))
+            x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv2")(x)
+        else:
+            x = nn.relu(self.norm(name="norm1")(x))
+            x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv1")(x)
+        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+
+class PostActDenseLayer(nn.Module):
+    """Post-activation H_l for the ablation: Conv3x3-BN-ReLU, or with ``bottleneck``
+    Conv1x1-BN-ReLU-Conv3x3-BN-ReLU. Its output is non-negative."""
+
+    growth_rate: int
+    bottleneck: bool
+    bn_size: int
+    conv: ModuleDef
+    norm: ModuleDef
+    dropout_rate: float = 0.0
+    dropout_placement: str = "torch"
+
+    @nn.compact
+    def __call__(self, features: Sequence[jnp.ndarray], train: bool) -> jnp.ndarray:
+        x = _concat(features)
+        if self.bottleneck:
+            x = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
+            x = nn.relu(self.norm(name="norm1")(x))
+            if self.dropout_placement == "torch":
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv2")(x)
+            x = nn.relu(self.norm(name="norm2")(x))
+        else:
+            x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv1")(x)
+            x = nn.relu(self.norm(name="norm1")(x))
+        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+
+class DenseBlock(nn.Module):
+    """n layers, each fed every earlier feature map; output has c_in + n * k channels."""
+
+    num_layers: int
+    layer: ModuleDef  # a layer class (possibly remat-wrapped) with everything but the name bound
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        features = [x]
+        for i in range(self.num_layers):
+            features.append(self.layer(name=f"layer{i + 1:02d}")(features, train))
+        return _concat(features)
+
+
+class Transition(nn.Module):
+    """BN-ReLU-Conv1x1(out_features)-AvgPool2x2: compresses channels and halves the resolution."""
+
+    out_features: int
+    conv: ModuleDef
+    norm: ModuleDef
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = nn.relu(self.norm(name="norm")(x))
+        x = self.conv(self.out_features, (1, 1), name="conv")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class PostActTransition(nn.Module):
+    """Conv1x1-BN-ReLU-AvgPool2x2, the transition of the post-activation ablation."""
+
+    out_features: int
+    conv: ModuleDef
+    norm: ModuleDef
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = self.conv(self.out_features, (1, 1), name="conv")(x)
+        x = nn.relu(self.norm(name="norm")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+_LAYER_CLASSES = {"pre": (DenseLayer, Transition), "post": (PostActDenseLayer, PostActTransition)}
+
+
+class DenseNet(nn.Module):
+    """A DenseNet of ``len(block_sizes)`` dense blocks joined by transitions.
+
+    ``bottleneck`` makes it DenseNet-B, ``compression < 1`` DenseNet-C, both DenseNet-BC.
+    ``num_init_features=None`` follows the paper: 2k for DenseNet-BC and for the ImageNet stem,
+    16 otherwise (the official Torch code uses 2k everywhere: pass it explicitly for that).
+    ``dropout_placement='torch'`` drops after every conv but the stem (the paper's code);
+    ``'torchvision'`` only after each layer's 3x3 conv.
+
+    Each block's output is sown into the ``intermediates`` collection (``stem``, ``block1``, ...);
+    apply with ``mutable=['intermediates']`` to read them.
+    """
+
+    block_sizes: Sequence[int]
+    growth_rate: int = 12
+    bottleneck: bool = False
+    bn_size: int = 4
+    compression: float = 1.0
+    num_init_features: int | None = None
+    stem: str = "cifar"
+    num_classes: int = 10
+    dropout_rate: float = 0.0
+    dropout_placement: str = "torch"
+    activation: str = "pre"
+    memory_efficient: bool = False
+    dtype: Any = "float32"
+
+    def __post_init__(self):
+        validate_densenet(self)
+        super().__post_init__()
+
+    @property
+    def init_features(self) -> int:
+        if self.num_init_features is not None:
+            return self.num_init_features
+        if self.stem == "imagenet" or (self.bottleneck and self.compression < 1):
+            return 2 * self.growth_rate
+        return 16
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        dtype = common.resolve_dtype(self.dtype)
+        conv, norm = common.conv_and_norm(train, dtype)
+        layer_cls, transition_cls = _LAYER_CLASSES[self.activation]
+        if self.memory_efficient:
+            # argnums count self as 0: features=1, train=2 (a Python bool, so it must be static).
+            layer_cls = nn.remat(layer_cls, static_argnums=(2,))
+        layer = functools.partial(
+            layer_cls,
+            growth_rate=self.growth_rate,
+            bottleneck=self.bottleneck,
+            bn_size=self.bn_size,
+            conv=conv,
+            norm=norm,
+            dropout_rate=self.dropout_rate,
+            dropout_placement=self.dropout_placement,
+        )
+        transition_dropout = self.dropout_rate if self.dropout_placement == "torch" else 0.0
+
+        x = x.astype(dtype)
+        post = self.activation == "post"
+        if self.stem == "cifar":
+            x = conv(self.init_features, (3, 3), padding=1, name="stem_conv")(x)
+            if post:
+                x = nn.relu(norm(name="stem_norm")(x))
+        else:
+            x = conv(self.init_features, (7, 7), strides=(2, 2), padding=3, name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_norm")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        self.sow("intermediates", "stem", x)
+
+        channels = self.init_features
+        for i, n in enumerate(self.block_sizes):
+            x = DenseBlock(n, layer, name=f"block{i + 1}")(x, train)
+            channels += n * self.growth_rate
+            self.sow("intermediates", f"block{i + 1}", x)
+            if i + 1 < len(self.block_sizes):
+                channels = int(math.floor(self.compression * channels))
+                x = transition_cls(
+                    channels, conv, norm, transition_dropout, name=f"transition{i + 1}"
+                )(x, train)
+                self.sow("intermediates", f"transition{i + 1}", x)
+
+        if not post:  # post-activation features are already normalised and rectified
+            x = nn.relu(norm(name="final_norm")(x))
+        x = common.global_avg_pool(x)
+        x = common.classifier(self.num_classes, dtype)(x)
+        return x.astype(jnp.float32)
+
+
+def validate_densenet(m: DenseNet) -> None:
+    """Checks every field at construction, so a bad value fails here and not inside a trace."""
+    if not m.block_sizes:
+        raise ValueError("block_sizes=() is invalid: a DenseNet needs at least one dense block")
+    for i, n in enumerate(m.block_sizes):
+        common.check_positive_int(f"block_sizes[{i}]", n)
+    common.check_positive_int("growth_rate", m.growth_rate)
+    common.check_positive_int("bn_size", m.bn_size)
+    common.check_positive_int("num_classes", m.num_classes)
+    if m.num_init_features is not None:
+        common.check_positive_int("num_init_features", m.num_init_features)
+    if isinstance(m.compression, bool) or not isinstance(m.compression, (int, float)) or not (
+        0.0 < m.compression <= 1.0
+    ):
+        raise ValueError(
+            f"compression={m.compression!r} is invalid: theta must be in (0, 1] "
+            "(1 for plain DenseNet, 0.5 for DenseNet-C/-BC)"
+        )
+    common.check_dropout("dropout_rate", m.dropout_rate)
+    common.check_choice("dropout_placement", m.dropout_placement, DROPOUT_PLACEMENTS)
+    common.check_choice("activation", m.activation, ACTIVATIONS)
+    common.check_choice("stem", m.stem, STEMS)
+    common.resolve_dtype(m.dtype)
+
+
+def cifar_block_sizes(depth: int, bottleneck: bool) -> tuple[int, int, int]:
+    """Depth L -> layers per block: (L - 4) / 3, or (L - 4) / 6 with bottlenecks (two convs each)."""
+    per_layer = 6 if bottleneck else 3
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 4 or (depth - 4) % per_layer:
+        kind = "DenseNet-B/-BC (bottleneck=True)" if bottleneck else "DenseNet without bottlenecks"
+        examples = ", ".join(str(4 + per_layer * n) for n in (1, 2, 3))
+        raise ValueError(
+            f"depth={depth!r} is invalid for {kind}: (depth - 4) must be a positive multiple of "
+            f"{per_layer}, e.g. {examples}, ..."
+        )
+    n = (depth - 4) // per_layer
+    return (n, n, n)
+
+
+def densenet_cifar(
+    depth: int = 40,
+    growth_rate: int = 12,
+    bottleneck: bool = False,
+    compression: float = 1.0,
+    **kwargs: Any,
+) -> DenseNet:
+    """A 3-block CIFAR/SVHN DenseNet of total depth L (stem + layers + 2 transitions + classifier)."""
+    return DenseNet(
+        block_sizes=cifar_block_sizes(depth, bottleneck),
+        growth_rate=growth_rate,
+        bottleneck=bottleneck,
+        compression=compression,
+        stem="cifar",
+        **kwargs,
+    )
+
+
+# The paper's Table 2 rows (CIFAR/SVHN).
+DenseNet40 = functools.partial(densenet_cifar, depth=40, growth_rate=12)
+DenseNet100 = functools.partial(densenet_cifar, depth=100, growth_rate=12)
+DenseNet100K24 = functools.partial(densenet_cifar, depth=100, growth_rate=24)
+_BC = dict(bottleneck=True, compression=0.5)
+DenseNetBC100 = functools.partial(densenet_cifar, depth=100, growth_rate=12, **_BC)
+DenseNetBC250 = functools.partial(densenet_cifar, depth=250, growth_rate=24, **_BC)
+DenseNetBC190 = functools.partial(densenet_cifar, depth=190, growth_rate=40, **_BC)
+
+# ImageNet (the paper's Table 1).
+_IMAGENET = dict(bottleneck=True, compression=0.5, stem="imagenet", num_classes=1000)
+DenseNet121 = functools.partial(DenseNet, block_sizes=(6, 12, 24, 16), growth_rate=32, **_IMAGENET)
+DenseNet169 = functools.partial(DenseNet, block_sizes=(6, 12, 32, 32), growth_rate=32, **_IMAGENET)
+DenseNet201 = functools.partial(DenseNet, block_sizes=(6, 12, 48, 32), growth_rate=32, **_IMAGENET)
+DenseNet161 = functools.partial(DenseNet, block_sizes=(6, 12, 36, 24), growth_rate=48, **_IMAGENET)
+DenseNet264 = functools.partial(DenseNet, block_sizes=(6, 12, 64, 48), growth_rate=32, **_IMAGENET)
+
+# Tiny networks for tests: the same code paths, a few thousand parameters.
+DenseNetTiny = functools.partial(DenseNet, block_sizes=(2, 2, 2), growth_rate=4, num_init_features=8)
+DenseNetBCTiny = functools.partial(
+    DenseNet, block_sizes=(2, 2, 2), growth_rate=4, bottleneck=True, compression=0.5
+)
