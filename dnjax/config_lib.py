@@ -1,0 +1,144 @@
+"""Checks a run's config before anything is built, and derives what follows from it.
+
+Every check names the field and what would be valid, so a typo on the command line fails in the
+first second with a one-line message rather than minutes later inside a trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+
+from dnjax import models
+
+DATASETS = ("digits", "npz", "cifar10", "cifar100", "svhn_cropped", "imagenet2012")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("piecewise", "cosine", "constant")
+DTYPES = ("float32", "bfloat16")
+NORMALIZATIONS = ("mean_std", "scale")
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; the message names the field."""
+
+
+def _fail(field: str, value: Any, valid: str) -> None:
+    raise ConfigError(f"config.{field}={value!r} is invalid: {valid}")
+
+
+def _number(field: str, value: Any, *, low: float, high: float = math.inf, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        _fail(field, value, "it must be a number")
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        _fail(field, value, f"it must be in {lo}{low}, {high}{hi}")
+
+
+def _integer(field: str, value: Any, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(field, value, f"it must be an integer >= {low}")
+
+
+def _choice(field: str, value: Any, choices) -> None:
+    if value not in choices:
+        _fail(field, value, f"valid values are {list(choices)}")
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The model fields the config sets (those left at None keep the zoo's defaults)."""
+    fields = config.model.to_dict()
+    fields.pop("name")
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    try:
+        return models.get_model(
+            config.model.name, num_classes=num_classes, dtype=config.dtype, **model_overrides(config)
+        )
+    except ValueError as e:
+        raise ConfigError(f"config.model: {e}") from None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError on the first bad field."""
+    if config.model.name not in models.ZOO:
+        _fail("model.name", config.model.name, f"valid names are {sorted(models.ZOO)}")
+    valid = models.accepted_fields(models.ZOO[config.model.name].factory)
+    for k in model_overrides(config):
+        if k not in valid:
+            _fail(f"model.{k}", config.model[k], f"model {config.model.name!r} has no field {k!r}; "
+                  f"its fields are {valid}")
+    d = config.data
+    _choice("data.dataset", d.dataset, DATASETS)
+    _choice("data.normalization", d.normalization, NORMALIZATIONS)
+    if d.dataset == "npz" and (not d.npz_train or not d.npz_test):
+        _fail("data.npz_train/npz_test", (d.npz_train, d.npz_test),
+              "the npz data set needs both files: --config.data.npz_train=PATH --config.data.npz_test=PATH")
+    _integer("data.pad", d.pad, low=0)
+    for f in ("train_limit", "test_limit", "num_classes"):
+        if d[f] is not None:
+            _integer(f"data.{f}", d[f], low=1)
+    _integer("seed", config.seed, low=0)
+    _integer("batch_size", config.batch_size, low=1)
+    _integer("eval_batch_size", config.eval_batch_size, low=1)
+    _number("num_epochs", config.num_epochs, low=0, low_open=True)
+    _integer("num_train_steps", config.num_train_steps, low=-1)
+    if config.num_train_steps == 0:
+        _fail("num_train_steps", 0, "use -1 (derive from num_epochs) or a positive number")
+    o = config.optim
+    _choice("optim.name", o.name, OPTIMIZERS)
+    _choice("optim.schedule", o.schedule, SCHEDULES)
+    _number("optim.learning_rate", o.learning_rate, low=0, low_open=True)
+    _number("optim.momentum", o.momentum, low=0, high=1, high_open=True)
+    _number("optim.weight_decay", o.weight_decay, low=0)
+    _number("optim.decay_factor", o.decay_factor, low=0, high=1, low_open=True)
+    _number("optim.warmup_epochs", o.warmup_epochs, low=0)
+    _number("optim.warmup_factor", o.warmup_factor, low=0, high=1)
+    if not isinstance(o.decay_at, (tuple, list)) or any(
+        isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 for f in o.decay_at
+    ) or list(o.decay_at) != sorted(o.decay_at):
+        _fail("optim.decay_at", o.decay_at, "give increasing fractions of training in (0, 1), e.g. (0.5, 0.75)")
+    _choice("dtype", config.dtype, DTYPES)
+    _number("eval_every_epochs", config.eval_every_epochs, low=0, low_open=True)
+    _number("checkpoint_every_epochs", config.checkpoint_every_epochs, low=0, low_open=True)
+    _integer("log_every_steps", config.log_every_steps, low=1)
+    _integer("keep_checkpoints", config.keep_checkpoints, low=1)
+    # Build the model once so that model-field errors surface now, not inside a trace.
+    build_model(config, d.num_classes or 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Step counts derived from the config and the data set size."""
+
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    checkpoint_every: int
+    warmup_steps: int
+    boundaries: tuple[int, ...]
+
+
+def derive(config: ml_collections.ConfigDict, num_train: int) -> Schedule:
+    if num_train < config.batch_size:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} is larger than the training split "
+            f"({num_train} images); lower it or use more data"
+        )
+    spe = num_train // config.batch_size
+    total = config.num_train_steps if config.num_train_steps > 0 else max(1, round(config.num_epochs * spe))
+    every = lambda epochs: max(1, round(epochs * spe))
+    return Schedule(
+        steps_per_epoch=spe,
+        total_steps=total,
+        eval_every=every(config.eval_every_epochs),
+        checkpoint_every=every(config.checkpoint_every_epochs),
+        warmup_steps=round(config.optim.warmup_epochs * spe),
+        boundaries=tuple(round(f * total) for f in config.optim.decay_at),
+    )

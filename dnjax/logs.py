@@ -1,0 +1,102 @@
+"""Run logs: JSONL metrics (what reports and plots read), TensorBoard events, the config.
+
+``metrics.jsonl`` holds one JSON object per line with a ``type`` (``train``, ``eval``, ``final``,
+``event``) and a ``step``. Lines are flushed as they are written. On resume the file is first
+cut back to the complete lines at or before the restored step, so a crash never leaves a torn
+last line behind and a resumed run does not log a step twice. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], bool]:
+    """Returns (records, torn): the complete records, and whether a torn or unreadable line was met."""
+    records, torn = [], False
+    p = Path(path)
+    if not p.exists():
+        return records, torn
+    with p.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                torn = True
+                break
+            try:
+                rec = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                torn = True
+                break
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records, torn
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep the information as text
+    return value
+
+
+class MetricsLog:
+    def __init__(self, workdir: str | os.PathLike, *, resume_step: int, enabled: bool = True,
+                 tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(workdir) / METRICS_FILE
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        self._truncate_after(resume_step)
+        self._file = self.path.open("a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            # purge_step drops events a crashed run wrote past the step being resumed.
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"),
+                                     purge_step=resume_step + 1 if resume_step else None)
+
+    def _truncate_after(self, step: int) -> None:
+        records, torn = read_jsonl(self.path)
+        keep = [r for r in records if int(r.get("step", 0)) <= step and r.get("type") != "final"]
+        if keep == records and not torn:
+            return
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in keep:
+                f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def write(self, kind: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        rec = {"type": kind, "step": int(step), "time": round(time.time(), 3)}
+        rec.update({k: _clean(v) for k, v in values.items()})
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def records(workdir: str | os.PathLike, kind: str | None = None) -> Iterator[dict[str, Any]]:
+    recs, _ = read_jsonl(Path(workdir) / METRICS_FILE)
+    return (r for r in recs if kind is None or r.get("type") == kind)

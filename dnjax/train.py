@@ -1,0 +1,442 @@
+"""Training and evaluation: the train state, the jitted steps and the loop that resumes by itself.
+
+The state (parameters, BatchNorm statistics, optimizer state, step) is one pytree, created already
+replicated over the mesh. ``train_step`` and ``eval_step`` are pure functions jitted once with
+explicit shardings; the train step donates the state. CIFAR-sized data sets live on the devices:
+a step receives only the indices of its batch, and gathering, normalisation and augmentation
+happen inside the jitted step, so the host does no per-image work.
+
+Batch indices and augmentation randomness are pure functions of (seed, step), so a run restored
+from a checkpoint at step s trains on exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dnjax import checkpointing, config_lib, input_pipeline, logs, sharding
+
+log = logging.getLogger("dnjax")
+
+# Exit status of a run stopped by SIGTERM after saving (128 + SIGTERM, what shells report).
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer
+
+
+def make_schedule(config: ml_collections.ConfigDict, sched: config_lib.Schedule) -> optax.Schedule:
+    o = config.optim
+    lr = o.learning_rate
+    if o.schedule == "piecewise":
+        main = optax.piecewise_constant_schedule(
+            lr, {b - sched.warmup_steps: o.decay_factor for b in sched.boundaries}
+        )
+    elif o.schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(1, sched.total_steps - sched.warmup_steps))
+    else:
+        main = optax.constant_schedule(lr)
+    if sched.warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(lr * o.warmup_factor, lr, sched.warmup_steps)
+    return optax.join_schedules([warmup, main], [sched.warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+    o = config.optim
+    if o.name == "sgd":
+        # Torch-style SGD: weight decay is added to the gradient before momentum (coupled L2).
+        return optax.chain(
+            optax.add_decayed_weights(o.weight_decay),
+            optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov),
+        )
+    return optax.adamw(schedule, b1=o.momentum, weight_decay=o.weight_decay)
+
+
+# --------------------------------------------------------------------------------------------
+# State and steps
+
+
+def init_variables(model: nn.Module, image_shape, seed: int) -> dict[str, Any]:
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    rng = jax.random.fold_in(jax.random.key(seed), 0)
+    return model.init({"params": rng, "dropout": rng}, x, train=False)
+
+
+def create_train_state(model, tx, image_shape, seed, mesh) -> TrainState:
+    """Initialises the state directly into its (replicated) sharding."""
+
+    def init():
+        variables = init_variables(model, image_shape, seed)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+        )
+
+    abstract = jax.eval_shape(init)
+    shardings = sharding.tree_shardings(abstract, sharding.replicated(mesh))
+    return jax.jit(init, out_shardings=shardings)()
+
+
+def abstract_state(state_or_fn, mesh) -> Any:
+    rep = sharding.replicated(mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state_or_fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What the steps need besides the state: static facts about the data and the recipe."""
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    pad: int
+    flip: bool
+    seed: int
+    num_classes: int
+
+
+def _rngs(seed: int, step: jax.Array):
+    base = jax.random.key(seed)
+    return jax.random.fold_in(jax.random.fold_in(base, 1), step), jax.random.fold_in(
+        jax.random.fold_in(base, 2), step
+    )
+
+
+def train_step(ctx: StepContext, batch_sharding, state: TrainState, images, labels, indices):
+    """One SGD step on the examples ``indices`` of the device-resident training set."""
+    aug_rng, dropout_rng = _rngs(ctx.seed, state.step)
+    x = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
+    y = labels[indices]
+    x = input_pipeline.normalize(x, ctx.mean, ctx.std)
+    if ctx.augment:
+        x = input_pipeline.augment(aug_rng, x, pad=ctx.pad, flip=ctx.flip)
+    return _apply_gradients(ctx, state, x, y, dropout_rng)
+
+
+def train_step_on_batch(ctx: StepContext, state: TrainState, x, y):
+    """One step on an already prepared batch (the streamed ImageNet path, benchmarks)."""
+    _, dropout_rng = _rngs(ctx.seed, state.step)
+    return _apply_gradients(ctx, state, x, y, dropout_rng)
+
+
+def _apply_gradients(ctx: StepContext, state: TrainState, x, y, dropout_rng):
+    def loss_fn(params):
+        logits, new_vars = ctx.model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, (logits, new_vars["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+        "learning_rate": ctx.schedule(state.step),
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+
+def eval_step(ctx: StepContext, batch_sharding, state: TrainState, images, labels, indices, mask):
+    """Sums over one padded batch: masked-out (padding) examples count for nothing."""
+    x = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
+    x = input_pipeline.normalize(x, ctx.mean, ctx.std)
+    return eval_on_batch(ctx, state, x, labels[indices], mask)
+
+
+def eval_on_batch(ctx: StepContext, state: TrainState, x, y, mask):
+    logits = ctx.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    k = min(5, ctx.num_classes)
+    topk = jax.lax.top_k(logits, k)[1]
+    m = mask.astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(loss * m),
+        "correct1": jnp.sum((topk[:, 0] == y) * m),
+        "correct5": jnp.sum(jnp.any(topk == y[:, None], axis=-1) * m),
+        "count": jnp.sum(m),
+    }
+
+
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop polls, so the state can be saved between steps."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def setup_compilation_cache(config) -> None:
+    if config.compilation_cache_dir:
+        path = os.path.expanduser(config.compilation_cache_dir)
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str  # finished | preempted
+    step: int
+    metrics: dict[str, float]
+
+
+class Trainer:
+    """Builds everything a run needs from its config; ``run()`` trains and evaluates."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
+        config_lib.validate(config)
+        self.config = config
+        self.workdir = Path(workdir)
+        self.is_main = jax.process_index() == 0
+        setup_compilation_cache(config)
+
+        # Data first: a missing data set must fail before anything is compiled.
+        if config.data.dataset == "imagenet2012":
+            raise NotImplementedError  # replaced by the streaming trainer below
+        self.train_split, self.test_split, self.info = input_pipeline.load_in_memory(config.data)
+        self.mesh = sharding.make_mesh(config.mesh_axis)
+        sharding.check_divisible("batch_size", config.batch_size, self.mesh)
+        sharding.check_divisible("eval_batch_size", config.eval_batch_size, self.mesh)
+        self.sched = config_lib.derive(config, self.info.num_train)
+
+        self.model = config_lib.build_model(config, self.info.num_classes)
+        self.schedule = make_schedule(config, self.sched)
+        self.tx = make_optimizer(config, self.schedule)
+        d = config.data
+        self.ctx = StepContext(
+            model=self.model, tx=self.tx, schedule=self.schedule, mean=tuple(self.info.mean),
+            std=tuple(self.info.std), augment=bool(d.augment), pad=int(d.pad), flip=bool(d.flip),
+            seed=int(config.seed), num_classes=self.info.num_classes,
+        )
+        rep = sharding.replicated(self.mesh)
+        bat = sharding.batch_sharded(self.mesh)
+        self._train_step = jax.jit(
+            functools.partial(train_step, self.ctx, bat),
+            in_shardings=(None, rep, rep, bat),
+            donate_argnums=(0,),
+        )
+        self._eval_step = jax.jit(
+            functools.partial(eval_step, self.ctx, bat), in_shardings=(None, rep, rep, bat, bat)
+        )
+        self._all_finite = jax.jit(all_finite)
+        self.batch_sharding = bat
+        self.replicated = rep
+
+    # ---- pieces used by the loop and by tools (evaluate, benchmarks, tests)
+
+    def meta(self, state, epoch: float) -> dict[str, Any]:
+        return {
+            "step": int(jax.device_get(state.step)),
+            "epoch": epoch,
+            "model": self.config.model.to_dict(),
+            "num_classes": self.info.num_classes,
+            "param_shapes": checkpointing.param_shapes(state.params),
+        }
+
+    def init_state(self) -> TrainState:
+        return create_train_state(self.model, self.tx, self.info.image_shape, self.config.seed, self.mesh)
+
+    def device_data(self):
+        rep = self.replicated
+        return (
+            sharding.global_array(self.train_split.images, rep),
+            sharding.global_array(self.train_split.labels, rep),
+            sharding.global_array(self.test_split.images, rep),
+            sharding.global_array(self.test_split.labels, rep),
+        )
+
+    def evaluate(self, state, test_images, test_labels) -> dict[str, float]:
+        totals = None
+        for idx, mask in input_pipeline.eval_batches(self.info.num_test, self.config.eval_batch_size):
+            out = self._eval_step(
+                state, test_images, test_labels,
+                sharding.global_array(idx.astype(np.int32), self.batch_sharding),
+                sharding.global_array(mask, self.batch_sharding),
+            )
+            totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+        t = sharding.to_host(totals)
+        n = float(t["count"])
+        return {
+            "test_loss": float(t["loss_sum"]) / n,
+            "test_error": 100.0 * (1.0 - float(t["correct1"]) / n),
+            "test_top5_error": 100.0 * (1.0 - float(t["correct5"]) / n),
+            "test_count": int(n),
+        }
+
+    def restore_or_init(self, ckpts: checkpointing.Checkpoints) -> tuple[TrainState, bool]:
+        state = self.init_state()
+        shapes = checkpointing.param_shapes(state.params)
+        restored = ckpts.restore(abstract_state(state, self.mesh), shapes=shapes)
+        if restored is None:
+            return state, False
+        return restored[0], True
+
+    # ---- the loop
+
+    def run(self) -> RunResult:
+        cfg, sched = self.config, self.sched
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            (self.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+        ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints)
+        state, resumed = self.restore_or_init(ckpts)
+        start = int(jax.device_get(state.step))
+        metrics_log = logs.MetricsLog(self.workdir, resume_step=start, enabled=self.is_main)
+        try:
+            if resumed:
+                log.info("Resumed from %s at step %d", self.workdir / "checkpoints", start)
+                metrics_log.write("event", start, event="resumed")
+            else:
+                metrics_log.write(
+                    "event", 0, event="started", model=cfg.model.name,
+                    params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+                    steps_per_epoch=sched.steps_per_epoch, total_steps=sched.total_steps,
+                    devices=jax.device_count(), processes=jax.process_count(),
+                )
+            return self._loop(state, start, ckpts, metrics_log)
+        finally:
+            metrics_log.close()
+            ckpts.close()
+
+    def _loop(self, state, start, ckpts, metrics_log) -> RunResult:
+        cfg, sched = self.config, self.sched
+        train_images, train_labels, test_images, test_labels = self.device_data()
+        n, batch = self.info.num_train, cfg.batch_size
+        bar = None
+        if self.is_main and cfg.progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sched.total_steps, initial=start, unit="step", dynamic_ncols=True)
+        last_eval: dict[str, float] = {}
+        t_last, step_last = time.perf_counter(), start
+        metrics = None
+        step = start
+        with _SigtermFlag() as sigterm:
+            while step < sched.total_steps:
+                idx = input_pipeline.train_batch_indices(cfg.seed, step, n, batch).astype(np.int32)
+                state, metrics = self._train_step(
+                    state, train_images, train_labels, sharding.global_array(idx, self.batch_sharding)
+                )
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                epoch = step / sched.steps_per_epoch
+                do_eval = step % sched.eval_every == 0 or step == sched.total_steps
+                do_ckpt = step % sched.checkpoint_every == 0 or step == sched.total_steps
+                if step % cfg.log_every_steps == 0 or do_eval or do_ckpt:
+                    m = {k: float(v) for k, v in sharding.to_host(metrics).items()}
+                    if not math.isfinite(m["loss"]) or not bool(self._all_finite(state.params)):
+                        raise NonFiniteLossError(
+                            f"Non-finite training loss ({m['loss']}) at step {step} (epoch {epoch:.2f}); "
+                            f"stopping. The newest checkpoint ({ckpts.latest.latest_step()}) predates it "
+                            "and is kept. Lower --config.optim.learning_rate or check the data."
+                        )
+                    now = time.perf_counter()
+                    m["img_per_s"] = (step - step_last) * batch / max(now - t_last, 1e-9)
+                    t_last, step_last = now, step
+                    metrics_log.write("train", step, epoch=round(epoch, 4), **m)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{m['img_per_s']:.0f}")
+                if do_eval:
+                    last_eval = self.evaluate(state, test_images, test_labels)
+                    metrics_log.write("eval", step, epoch=round(epoch, 4), **last_eval)
+                    msg = (f"step {step} epoch {epoch:.2f}: test error {last_eval['test_error']:.2f}% "
+                           f"(top-5 {last_eval['test_top5_error']:.2f}%), test loss {last_eval['test_loss']:.4f}")
+                    bar.write(msg) if bar is not None else log.info(msg)
+                if do_ckpt:
+                    meta = self.meta(state, epoch)
+                    ckpts.save(step, state, meta, force=True)
+                    if do_eval:
+                        ckpts.save_best(step, state, meta, last_eval["test_error"])
+                if sigterm.set or ckpts.reached_preemption(step):
+                    if not do_ckpt:
+                        ckpts.save(step, state, self.meta(state, epoch), force=True)
+                    ckpts.wait()
+                    metrics_log.write("event", step, event="preempted")
+                    msg = (f"Preempted (SIGTERM) at step {step}: checkpoint saved to "
+                           f"{self.workdir / 'checkpoints'}; rerun the same command to resume.")
+                    bar.write(msg) if bar is not None else log.warning(msg)
+                    return RunResult("preempted", step, last_eval)
+        if bar is not None:
+            bar.close()
+        if not last_eval:  # resumed at the very end: evaluate what was restored
+            last_eval = self.evaluate(state, test_images, test_labels)
+        final = dict(last_eval)
+        if metrics is not None:
+            final["train_loss"] = float(sharding.to_host(metrics)["loss"])
+        metrics_log.write("final", step, epoch=round(step / sched.steps_per_epoch, 4), **final)
+        self.final_state = state
+        return RunResult("finished", step, final)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunResult:
+    return Trainer(config, workdir).run()
