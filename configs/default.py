@@ -46,6 +46,9 @@ def get_config():
     c.eval_batch_size = 500
     c.num_epochs = 300.0
     c.num_train_steps = -1  # > 0 overrides num_epochs (smoke runs, tests)
+    # > 0: checkpoint and stop when the run reaches this step; a rerun continues past it. For jobs
+    # with a wall-clock limit that train a long schedule in slices.
+    c.halt_after_steps = -1
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"  # sgd | adamw

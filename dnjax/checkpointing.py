@@ -47,7 +47,8 @@ class Checkpoints:
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                multiprocessing_options=self._barriers("latest"),
             ),
         )
         self.best = ocp.CheckpointManager(
@@ -55,8 +56,15 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, create=True, enable_async_checkpointing=async_save,
                 best_fn=lambda m: m["test_error"], best_mode="min",
+                multiprocessing_options=self._barriers("best"),
             ),
         )
+
+    @staticmethod
+    def _barriers(prefix: str) -> ocp.options.MultiprocessingOptions:
+        # The two managers save concurrently: distinct barrier names keep their
+        # cross-process synchronisation apart.
+        return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
 
     @staticmethod
     def _args(state: Any, meta: dict[str, Any]) -> ocp.args.Composite:

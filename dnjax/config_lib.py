@@ -89,6 +89,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _integer("eval_batch_size", config.eval_batch_size, low=1)
     _number("num_epochs", config.num_epochs, low=0, low_open=True)
     _integer("num_train_steps", config.num_train_steps, low=-1)
+    _integer("halt_after_steps", config.halt_after_steps, low=-1)
     if config.num_train_steps == 0:
         _fail("num_train_steps", 0, "use -1 (derive from num_epochs) or a positive number")
     o = config.optim

@@ -46,8 +46,8 @@ def initialize_distributed(mode: str, coordinator: str | None, num_processes: in
     if coordinator:
         if num_processes is None or process_id is None:
             raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
-        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # CPU devices of different processes talk through gloo; GPU/TPU backends ignore this.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
     else:
         jax.distributed.initialize()
@@ -74,6 +74,8 @@ def main(argv):
         return 3
     if result.status == "preempted":
         return train.PREEMPTED_EXIT_CODE
+    if result.status == "halted":
+        return 0
     m = result.metrics
     print(
         f"Finished {result.step} steps: test error {m['test_error']:.2f}% "

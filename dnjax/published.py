@@ -77,4 +77,20 @@ ERRORS = {
     "densenet201": {"imagenet": 22.58},
     "densenet161": {"imagenet": 22.2},
     "densenet264": {"imagenet": 22.15},
+    # ImageNet ResNets: fb.resnet.torch's single-crop figures, the ResNet points of the paper's
+    # Figure 3 (trained with the same recipe as the DenseNets).
+    "resnet18": {"imagenet": 30.43},
+    "resnet34": {"imagenet": 26.73},
+    "resnet50": {"imagenet": 24.01},
+    "resnet101": {"imagenet": 22.44},
+    "resnet152": {"imagenet": 22.16},
 }
+
+
+def error(model: str, dataset: str, activation: str | None = None) -> float | None:
+    """The published test error (%) of zoo network ``model`` on ``dataset`` (c10, c10+, c100, c100+,
+    svhn, imagenet), or None when no figure was published. ``activation='post'`` asks for the
+    post-activation ablation of a DenseNet (the ResNets name their post-activation form in the
+    zoo name instead)."""
+    key = f"{model}_post" if activation == "post" and model.startswith("densenet") else model
+    return ERRORS.get(key, {}).get(dataset)

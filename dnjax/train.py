@@ -244,7 +244,7 @@ def setup_compilation_cache(config) -> None:
 
 @dataclasses.dataclass
 class RunResult:
-    status: str  # finished | preempted
+    status: str  # finished | preempted | halted
     step: int
     metrics: dict[str, float]
 
@@ -264,8 +264,11 @@ class Trainer:
             raise NotImplementedError  # replaced by the streaming trainer below
         self.train_split, self.test_split, self.info = input_pipeline.load_in_memory(config.data)
         self.mesh = sharding.make_mesh(config.mesh_axis)
-        sharding.check_divisible("batch_size", config.batch_size, self.mesh)
-        sharding.check_divisible("eval_batch_size", config.eval_batch_size, self.mesh)
+        try:
+            sharding.check_divisible("batch_size", config.batch_size, self.mesh)
+            sharding.check_divisible("eval_batch_size", config.eval_batch_size, self.mesh)
+        except ValueError as e:
+            raise config_lib.ConfigError(f"config.{e}") from None
         self.sched = config_lib.derive(config, self.info.num_train)
 
         self.model = config_lib.build_model(config, self.info.num_classes)
@@ -344,11 +347,15 @@ class Trainer:
 
     def run(self) -> RunResult:
         cfg, sched = self.config, self.sched
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints)
+        try:
+            state, resumed = self.restore_or_init(ckpts)
+        except BaseException:
+            ckpts.close()
+            raise
+        # Written only once the workdir is known to hold this model (or nothing yet).
         if self.is_main:
             (self.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-        ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints)
-        state, resumed = self.restore_or_init(ckpts)
         start = int(jax.device_get(state.step))
         metrics_log = logs.MetricsLog(self.workdir, resume_step=start, enabled=self.is_main)
         try:
@@ -417,15 +424,20 @@ class Trainer:
                     ckpts.save(step, state, meta, force=True)
                     if do_eval:
                         ckpts.save_best(step, state, meta, last_eval["test_error"])
-                if sigterm.set or ckpts.reached_preemption(step):
+                halt = step == cfg.halt_after_steps and step < sched.total_steps
+                if sigterm.set or halt or ckpts.reached_preemption(step):
                     if not do_ckpt:
                         ckpts.save(step, state, self.meta(state, epoch), force=True)
                     ckpts.wait()
-                    metrics_log.write("event", step, event="preempted")
-                    msg = (f"Preempted (SIGTERM) at step {step}: checkpoint saved to "
-                           f"{self.workdir / 'checkpoints'}; rerun the same command to resume.")
-                    bar.write(msg) if bar is not None else log.warning(msg)
-                    return RunResult("preempted", step, last_eval)
+                    why = "halted" if halt and not sigterm.set else "preempted"
+                    metrics_log.write("event", step, event=why)
+                    msg = (f"{'Halted (halt_after_steps)' if why == 'halted' else 'Preempted (SIGTERM)'} "
+                           f"at step {step}: checkpoint saved to {self.workdir / 'checkpoints'}; "
+                           "rerun the same command to resume.")
+                    if bar is not None:
+                        bar.close()
+                    log.warning(msg)
+                    return RunResult(why, step, last_eval)
         if bar is not None:
             bar.close()
         if not last_eval:  # resumed at the very end: evaluate what was restored

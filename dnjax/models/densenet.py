@@ -154,8 +154,10 @@ class DenseNet(nn.Module):
     ``dropout_placement='torch'`` drops after every conv but the stem (the paper's code);
     ``'torchvision'`` only after each layer's 3x3 conv.
 
-    Each block's output is sown into the ``intermediates`` collection (``stem``, ``block1``, ...);
-    apply with ``mutable=['intermediates']`` to read them.
+    The stem's, each block's and each transition's outputs are sown into the ``intermediates``
+    collection as ``stem``, ``block1_out``, ``transition1_out``, ... (``block1`` and ``transition1``
+    name the submodules, and flax forbids a variable with a submodule's name); apply with
+    ``mutable=['intermediates']`` to read them.
     """
 
     block_sizes: Sequence[int]
@@ -220,13 +222,13 @@ class DenseNet(nn.Module):
         for i, n in enumerate(self.block_sizes):
             x = DenseBlock(n, layer, name=f"block{i + 1}")(x, train)
             channels += n * self.growth_rate
-            self.sow("intermediates", f"block{i + 1}", x)
+            self.sow("intermediates", f"block{i + 1}_out", x)
             if i + 1 < len(self.block_sizes):
                 channels = int(math.floor(self.compression * channels))
                 x = transition_cls(
                     channels, conv, norm, transition_dropout, name=f"transition{i + 1}"
                 )(x, train)
-                self.sow("intermediates", f"transition{i + 1}", x)
+                self.sow("intermediates", f"transition{i + 1}_out", x)
 
         if not post:  # post-activation features are already normalised and rectified
             x = nn.relu(norm(name="final_norm")(x))
@@ -282,12 +284,12 @@ def densenet_cifar(
     **kwargs: Any,
 ) -> DenseNet:
     """A 3-block CIFAR/SVHN DenseNet of total depth L (stem + layers + 2 transitions + classifier)."""
+    kwargs.setdefault("stem", "cifar")
     return DenseNet(
         block_sizes=cifar_block_sizes(depth, bottleneck),
         growth_rate=growth_rate,
         bottleneck=bottleneck,
         compression=compression,
-        stem="cifar",
         **kwargs,
     )
 

@@ -1,0 +1,266 @@
+"""The training system end to end: the command line, real data, sharding, multi-process, resume,
+and the bad inputs that must stop a run early without touching its workdir."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+import runs
+from configs import cifar_densenet
+from dnjax import config_lib, input_pipeline, logs, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """One compilation cache for the session's subprocesses: the tiny model compiles once."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, cache):
+    """The tiny config, 6 steps on one device: what sharded and multi-process runs must equal."""
+    workdir = tmp_path_factory.mktemp("reference")
+    r = runs.run_main(workdir, cache=cache)
+    assert r.returncode == 0, r.stderr
+    return workdir
+
+
+def _assert_close_states(a, b, *, rtol, atol):
+    fa, fb = runs.flat(a), runs.flat(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        if k.endswith("/step"):
+            assert int(fa[k]) == int(fb[k])
+            continue
+        np.testing.assert_allclose(fa[k], fb[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_quickstart_command_trains_and_reports(tmp_path, cache):
+    workdir = tmp_path / "qs"
+    r = runs.run_main(workdir, "--config.num_train_steps=4", "--config.progress_bar=false",
+                      config="configs/quickstart.py", cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert "Finished 4 steps: test error" in r.stdout
+    recs, torn = logs.read_jsonl(workdir / "metrics.jsonl")
+    assert not torn
+    kinds = [x["type"] for x in recs]
+    assert kinds[0] == "event" and kinds[-1] == "final" and "eval" in kinds
+    final = recs[-1]
+    assert final["test_count"] == 360  # the whole digits test split, no image dropped
+    assert 0.0 <= final["test_error"] <= 100.0
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["data"]["dataset"] == "digits" and saved["num_train_steps"] == 4
+    assert (workdir / "checkpoints" / "4").is_dir()
+    assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
+
+
+def test_tfds_cifar100_through_the_real_tfds_code_path(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = cifar_densenet.get_config("c100+")
+    config.model.name = "densenet_bc_tiny"
+    config.model.dropout_rate = None
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_train_steps = 2
+    config.progress_bar = False
+    config.compilation_cache_dir = ""
+    with tfds.testing.mock_data(num_examples=40):
+        trainer = train.Trainer(config, tmp_path / "c100")
+        result = trainer.run()
+    assert trainer.info.num_classes == 100
+    assert trainer.info.mean == pytest.approx((129.3, 124.1, 112.4))
+    assert result.status == "finished" and result.step == 2
+    assert result.metrics["test_count"] == trainer.info.num_test == 40
+    head = trainer.final_state.params["head"]["kernel"]
+    assert head.shape[-1] == 100
+
+
+@pytest.mark.skipif(not runs.CIFAR10_DIR.exists(), reason="../shared/data/cifar10 (real CIFAR-10 sample) is absent")
+def test_tiny_densenet_learns_real_cifar10_images(tmp_path, cache):
+    """Two epochs on 10k real images: a broken pipeline (labels shuffled against images,
+    augmentation garbling pixels, eval on the wrong split) stays near the 10% of chance."""
+    workdir = tmp_path / "c10"
+    r = runs.run_main(
+        workdir,
+        "--config.data.dataset=npz",
+        f"--config.data.npz_train={runs.CIFAR10_DIR / 'train_10k.npz'}",
+        f"--config.data.npz_test={runs.CIFAR10_DIR / 'test_10k.npz'}",
+        "--config.data.test_limit=2000",
+        "--config.data.pad=4",
+        "--config.model.name=densenet_tiny",
+        "--config.batch_size=64",
+        "--config.num_train_steps=-1",
+        "--config.num_epochs=2",
+        "--config.optim.decay_at=(0.75,)",
+        "--config.log_every_steps=50",
+        "--config.eval_every_epochs=2",
+        cache=cache, extra_env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    final = [x for x in logs.records(workdir, "final")][-1]
+    assert final["test_count"] == 2000
+    assert final["test_error"] < 70.0, final  # chance is 90% error
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding and processes
+
+
+def test_eight_devices_equal_one(tmp_path, cache, reference_run):
+    """Global BatchNorm and a global-batch mean loss: 8 simulated devices, 2 images each, must
+    give the single device's parameters and statistics. Per-device BatchNorm would not."""
+    r = runs.run_main(tmp_path / "d8", devices=8, cache=cache)
+    assert r.returncode == 0, r.stderr
+    ref, got = runs.load_state(reference_run), runs.load_state(tmp_path / "d8")
+    _assert_close_states(ref, got, rtol=2e-4, atol=2e-6)
+    # the comparison has teeth: the run moved the statistics far more than the tolerance
+    bs = runs.flat(ref["batch_stats"])
+    assert max(np.abs(v - (1.0 if k.endswith("var") else 0.0)).max() for k, v in bs.items()) > 1e-2
+
+
+def test_two_processes_equal_one(tmp_path, cache, reference_run):
+    port = runs.free_port()
+    workdir = tmp_path / "mp"
+    procs = [
+        subprocess.Popen(
+            runs.main_cmd(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                          f"--process_id={i}", cache=cache),
+            cwd=runs.REPO, env=runs.env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "Finished 6 steps" in outs[0][0]
+    _assert_close_states(runs.load_state(reference_run), runs.load_state(workdir), rtol=2e-4, atol=2e-6)
+    # only process 0 writes logs: one start record, not two
+    starts = [x for x in logs.records(workdir, "event") if x.get("event") == "started"]
+    assert len(starts) == 1 and starts[0]["processes"] == 2 and starts[0]["devices"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+
+
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, cache):
+    common = ("--config.num_train_steps=8", "--config.log_every_steps=1", "--config.model.dropout_rate=0.2")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    r = runs.run_main(straight, *common, cache=cache)
+    assert r.returncode == 0, r.stderr
+    r = runs.run_main(resumed, *common, "--config.halt_after_steps=3", cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert "Halted" in r.stderr and runs.load_state(resumed)["step"] == 3
+    r = runs.run_main(resumed, *common, cache=cache)
+    assert r.returncode == 0, r.stderr
+    a, b = runs.flat(runs.load_state(straight)), runs.flat(runs.load_state(resumed))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    # the log of the resumed run has every step once, with the uninterrupted run's losses
+    la = {x["step"]: x["loss"] for x in logs.records(straight, "train")}
+    lb = [(x["step"], x["loss"]) for x in logs.records(resumed, "train")]
+    assert [s for s, _ in lb] == list(range(1, 9))
+    assert all(la[s] == loss for s, loss in lb)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+def _tiny_config():
+    import tiny_config  # tests/ is on sys.path under pytest
+
+    return tiny_config.get_config()
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("--config.nonexistent_field=1", "nonexistent_field"),
+        ("--config.batch_size=abc", "batch_size"),
+        ("--config.optim.schedule=linear", "optim.schedule"),
+        ("--config.model.depth=40", "model.depth"),
+        ("--config.model.compression=1.5", "compression"),
+    ],
+)
+def test_bad_config_field_fails_fast_naming_it(tmp_path, override, field):
+    r = runs.run_main(tmp_path / "w", override, timeout=120)
+    assert r.returncode != 0
+    assert field in r.stderr
+    assert "Traceback" not in r.stderr.split("\n")[-3:]  # a message, not a stack dump at the end
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def _count_compiles():
+    events = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: events.append(name) if "compile" in name else None
+    )
+    return events
+
+
+def test_unprepared_tfds_dataset_stops_before_compiling(tmp_path):
+    config = _tiny_config()
+    config.data.dataset = "cifar100"
+    config.data.data_dir = str(tmp_path)
+    events = _count_compiles()
+    before = len(events)
+    with pytest.raises(input_pipeline.DataError, match="tfds build cifar100") as e:
+        train.Trainer(config, tmp_path / "w")
+    assert str(tmp_path) in str(e.value)
+    assert len(events) == before
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded or created in data_dir
+
+
+def test_missing_data_dir_is_named(tmp_path):
+    config = _tiny_config()
+    config.data.dataset = "cifar10"
+    config.data.data_dir = str(tmp_path / "nope")
+    with pytest.raises(input_pipeline.DataError, match="nope"):
+        train.Trainer(config, tmp_path / "w")
+
+
+def test_invalid_values_name_their_field():
+    config = _tiny_config()
+    config.optim.decay_at = (0.75, 0.5)
+    with pytest.raises(config_lib.ConfigError, match="optim.decay_at"):
+        config_lib.validate(config)
+    config = _tiny_config()
+    config.model.name = "densenet_999"
+    with pytest.raises(config_lib.ConfigError, match="model.name"):
+        config_lib.validate(config)
+
+
+def test_batch_not_divisible_by_devices(tmp_path, cache):
+    r = runs.run_main(tmp_path / "w", "--config.batch_size=12", devices=8, cache=cache, timeout=120)
+    assert r.returncode == 2
+    assert "batch_size=12" in r.stderr and "divisible" in r.stderr and "8" in r.stderr
+
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_workdir_of_a_different_model_is_refused_untouched(tmp_path, cache):
+    workdir = tmp_path / "w"
+    r = runs.run_main(workdir, "--config.num_train_steps=2", cache=cache)
+    assert r.returncode == 0, r.stderr
+    before = _snapshot(workdir)
+    r = runs.run_main(workdir, "--config.num_train_steps=4", "--config.model.growth_rate=6", cache=cache)
+    assert r.returncode == 3
+    assert "different model" in r.stderr and "growth_rate" not in r.stdout
+    assert "--workdir" in r.stderr
+    assert _snapshot(workdir) == before
