@@ -38,6 +38,7 @@ def get_config():
     c.data.pad = 4
     c.data.flip = True
     c.data.image_size = 224  # ImageNet crop size
+    c.data.workers = 0  # grain decoding processes per host for streamed (ImageNet) data
     c.data.train_limit = placeholder(int)  # use only the first N training images (smoke runs)
     c.data.test_limit = placeholder(int)
 

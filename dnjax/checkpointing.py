@@ -67,11 +67,17 @@ class Checkpoints:
         return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
 
     @staticmethod
-    def _args(state: Any, meta: dict[str, Any]) -> ocp.args.Composite:
-        return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    def _args(state: Any, meta: dict[str, Any], data_iter: Any = None) -> ocp.args.Composite:
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if data_iter is not None:  # a streamed input's position, one file per process
+            import grain
 
-    def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
-        return self.latest.save(step, args=self._args(state, meta), force=force)
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        return ocp.args.Composite(**items)
+
+    def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False,
+             data_iter: Any = None) -> bool:
+        return self.latest.save(step, args=self._args(state, meta, data_iter), force=force)
 
     def save_best(self, step: int, state: Any, meta: dict[str, Any], test_error: float) -> None:
         best = self.best.best_step()
@@ -87,7 +93,8 @@ class Checkpoints:
         return sorted(mngr.all_steps(), reverse=True)
 
     def restore(self, abstract_state: Any, *, which: str = "latest", step: int | None = None,
-                shapes: dict[str, list[int]] | None = None) -> tuple[Any, dict[str, Any]] | None:
+                shapes: dict[str, list[int]] | None = None,
+                data_iter: Any = None) -> tuple[Any, dict[str, Any]] | None:
         """Restores the newest intact checkpoint (or ``step``); None when there is none at all.
 
         ``shapes`` are the current config's parameter shapes: a checkpoint of a different model
@@ -115,9 +122,12 @@ class Checkpoints:
                         "config that wrote it. Nothing in the workdir was changed."
                     )
             try:
-                restored = mngr.restore(
-                    s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-                )
+                items = dict(state=ocp.args.StandardRestore(abstract_state))
+                if data_iter is not None:
+                    import grain
+
+                    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+                restored = mngr.restore(s, args=ocp.args.Composite(**items))
             except Exception as e:
                 skipped.append((s, f"unreadable state ({type(e).__name__}: {str(e)[:200]})"))
                 log.warning("Skipping checkpoint %s/%d: %s", mngr.directory, s, skipped[-1][1])

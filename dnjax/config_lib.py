@@ -81,6 +81,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("data.npz_train/npz_test", (d.npz_train, d.npz_test),
               "the npz data set needs both files: --config.data.npz_train=PATH --config.data.npz_test=PATH")
     _integer("data.pad", d.pad, low=0)
+    _integer("data.workers", d.workers, low=0)
+    _integer("data.image_size", d.image_size, low=1)
     for f in ("train_limit", "test_limit", "num_classes"):
         if d[f] is not None:
             _integer(f"data.{f}", d[f], low=1)

@@ -260,9 +260,12 @@ class Trainer:
         setup_compilation_cache(config)
 
         # Data first: a missing data set must fail before anything is compiled.
-        if config.data.dataset == "imagenet2012":
-            raise NotImplementedError  # replaced by the streaming trainer below
-        self.train_split, self.test_split, self.info = input_pipeline.load_in_memory(config.data)
+        self.streaming = config.data.dataset in input_pipeline.STREAMED_DATASETS
+        if self.streaming:  # ImageNet: decoded and augmented on the hosts, streamed by grain
+            self.info = input_pipeline.imagenet_info(config.data, image_size=config.data.image_size)
+            self.train_split = self.test_split = None
+        else:  # CIFAR-sized: held on the devices, augmented inside the step
+            self.train_split, self.test_split, self.info = input_pipeline.load_in_memory(config.data)
         self.mesh = sharding.make_mesh(config.mesh_axis)
         try:
             sharding.check_divisible("batch_size", config.batch_size, self.mesh)
@@ -282,14 +285,24 @@ class Trainer:
         )
         rep = sharding.replicated(self.mesh)
         bat = sharding.batch_sharded(self.mesh)
-        self._train_step = jax.jit(
-            functools.partial(train_step, self.ctx, bat),
-            in_shardings=(None, rep, rep, bat),
-            donate_argnums=(0,),
-        )
-        self._eval_step = jax.jit(
-            functools.partial(eval_step, self.ctx, bat), in_shardings=(None, rep, rep, bat, bat)
-        )
+        if self.streaming:
+            self._train_step = jax.jit(
+                functools.partial(train_step_on_batch, self.ctx),
+                in_shardings=(None, bat, bat),
+                donate_argnums=(0,),
+            )
+            self._eval_step = jax.jit(
+                functools.partial(eval_on_batch, self.ctx), in_shardings=(None, bat, bat, bat)
+            )
+        else:
+            self._train_step = jax.jit(
+                functools.partial(train_step, self.ctx, bat),
+                in_shardings=(None, rep, rep, bat),
+                donate_argnums=(0,),
+            )
+            self._eval_step = jax.jit(
+                functools.partial(eval_step, self.ctx, bat), in_shardings=(None, rep, rep, bat, bat)
+            )
         self._all_finite = jax.jit(all_finite)
         self.batch_sharding = bat
         self.replicated = rep
@@ -309,6 +322,9 @@ class Trainer:
         return create_train_state(self.model, self.tx, self.info.image_shape, self.config.seed, self.mesh)
 
     def device_data(self):
+        """The in-memory splits as replicated device arrays (None when streaming)."""
+        if self.streaming:
+            return None, None, None, None
         rep = self.replicated
         return (
             sharding.global_array(self.train_split.images, rep),
@@ -317,14 +333,47 @@ class Trainer:
             sharding.global_array(self.test_split.labels, rep),
         )
 
-    def evaluate(self, state, test_images, test_labels) -> dict[str, float]:
-        totals = None
+    def _loader(self, train: bool):
+        cfg = self.config
+        return input_pipeline.make_imagenet_loader(
+            cfg.data, split="train" if train else "validation",
+            global_batch=cfg.batch_size if train else cfg.eval_batch_size, seed=cfg.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            image_size=cfg.data.image_size, train=train, worker_count=cfg.data.workers,
+        )
+
+    def _from_processes(self, local: np.ndarray) -> jax.Array:
+        """A global batch from each process's slice of it."""
+        return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local))
+
+    def train_batches(self, start_step: int, train_images, train_labels, data_iter=None):
+        """Yields the arguments of the train step after the state, from ``start_step`` on."""
+        if self.streaming:
+            for batch in data_iter:
+                yield self._from_processes(batch["image"]), self._from_processes(batch["label"])
+            return
+        step = start_step
+        while True:
+            idx = input_pipeline.train_batch_indices(
+                self.config.seed, step, self.info.num_train, self.config.batch_size
+            ).astype(np.int32)
+            yield train_images, train_labels, sharding.global_array(idx, self.batch_sharding)
+            step += 1
+
+    def _eval_batches(self, test_images, test_labels):
+        if self.streaming:
+            for b in self._loader(train=False):
+                yield tuple(self._from_processes(b[k]) for k in ("image", "label", "mask"))
+            return
         for idx, mask in input_pipeline.eval_batches(self.info.num_test, self.config.eval_batch_size):
-            out = self._eval_step(
-                state, test_images, test_labels,
-                sharding.global_array(idx.astype(np.int32), self.batch_sharding),
-                sharding.global_array(mask, self.batch_sharding),
-            )
+            yield (test_images, test_labels,
+                   sharding.global_array(idx.astype(np.int32), self.batch_sharding),
+                   sharding.global_array(mask, self.batch_sharding))
+
+    def evaluate(self, state, test_images=None, test_labels=None) -> dict[str, float]:
+        totals = None
+        for args in self._eval_batches(test_images, test_labels):
+            out = self._eval_step(state, *args)
             totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
         t = sharding.to_host(totals)
         n = float(t["count"])
@@ -335,10 +384,10 @@ class Trainer:
             "test_count": int(n),
         }
 
-    def restore_or_init(self, ckpts: checkpointing.Checkpoints) -> tuple[TrainState, bool]:
+    def restore_or_init(self, ckpts: checkpointing.Checkpoints, data_iter=None) -> tuple[TrainState, bool]:
         state = self.init_state()
         shapes = checkpointing.param_shapes(state.params)
-        restored = ckpts.restore(abstract_state(state, self.mesh), shapes=shapes)
+        restored = ckpts.restore(abstract_state(state, self.mesh), shapes=shapes, data_iter=data_iter)
         if restored is None:
             return state, False
         return restored[0], True
@@ -348,8 +397,11 @@ class Trainer:
     def run(self) -> RunResult:
         cfg, sched = self.config, self.sched
         ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints)
+        # A streamed input's position is part of the checkpoint; in-memory batches are a pure
+        # function of (seed, step) and need nothing saved.
+        self.data_iter = iter(self._loader(train=True)) if self.streaming else None
         try:
-            state, resumed = self.restore_or_init(ckpts)
+            state, resumed = self.restore_or_init(ckpts, self.data_iter)
         except BaseException:
             ckpts.close()
             raise
@@ -377,7 +429,7 @@ class Trainer:
     def _loop(self, state, start, ckpts, metrics_log) -> RunResult:
         cfg, sched = self.config, self.sched
         train_images, train_labels, test_images, test_labels = self.device_data()
-        n, batch = self.info.num_train, cfg.batch_size
+        batch = cfg.batch_size
         bar = None
         if self.is_main and cfg.progress_bar:
             from tqdm import tqdm
@@ -387,12 +439,10 @@ class Trainer:
         t_last, step_last = time.perf_counter(), start
         metrics = None
         step = start
+        batches = self.train_batches(start, train_images, train_labels, self.data_iter)
         with _SigtermFlag() as sigterm:
             while step < sched.total_steps:
-                idx = input_pipeline.train_batch_indices(cfg.seed, step, n, batch).astype(np.int32)
-                state, metrics = self._train_step(
-                    state, train_images, train_labels, sharding.global_array(idx, self.batch_sharding)
-                )
+                state, metrics = self._train_step(state, *next(batches))
                 step += 1
                 if bar is not None:
                     bar.update(1)
@@ -421,13 +471,13 @@ class Trainer:
                     bar.write(msg) if bar is not None else log.info(msg)
                 if do_ckpt:
                     meta = self.meta(state, epoch)
-                    ckpts.save(step, state, meta, force=True)
+                    ckpts.save(step, state, meta, force=True, data_iter=self.data_iter)
                     if do_eval:
                         ckpts.save_best(step, state, meta, last_eval["test_error"])
                 halt = step == cfg.halt_after_steps and step < sched.total_steps
                 if sigterm.set or halt or ckpts.reached_preemption(step):
                     if not do_ckpt:
-                        ckpts.save(step, state, self.meta(state, epoch), force=True)
+                        ckpts.save(step, state, self.meta(state, epoch), force=True, data_iter=self.data_iter)
                     ckpts.wait()
                     why = "halted" if halt and not sigterm.set else "preempted"
                     metrics_log.write("event", step, event=why)

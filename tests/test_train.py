@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -15,12 +16,6 @@ from configs import cifar_densenet
 from dnjax import config_lib, input_pipeline, logs, train
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    """One compilation cache for the session's subprocesses: the tiny model compiles once."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +60,7 @@ def test_quickstart_command_trains_and_reports(tmp_path, cache):
     assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
 
 
-def test_tfds_cifar100_through_the_real_tfds_code_path(tmp_path):
+def test_tfds_cifar100_through_the_real_tfds_code_path(tmp_path, fast_compile):
     tfds = pytest.importorskip("tensorflow_datasets")
     config = cifar_densenet.get_config("c100+")
     config.model.name = "densenet_bc_tiny"
@@ -264,3 +259,35 @@ def test_workdir_of_a_different_model_is_refused_untouched(tmp_path, cache):
     assert "different model" in r.stderr and "growth_rate" not in r.stdout
     assert "--workdir" in r.stderr
     assert _snapshot(workdir) == before
+
+
+def _imagenet_config(steps: int):
+    config = _tiny_config()
+    config.data.dataset = "imagenet2012"
+    config.data.image_size = 32
+    config.batch_size = 4
+    config.eval_batch_size = 8
+    config.num_train_steps = steps
+    config.compilation_cache_dir = ""
+    return config
+
+
+def test_streamed_imagenet_path_trains_and_resumes_at_the_next_batch(tmp_path, fast_compile):
+    """grain streaming through tfds.data_source: the iterator position is checkpointed, so a
+    halted and resumed run equals an uninterrupted one bit for bit."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=24):
+        straight = train.Trainer(_imagenet_config(4), tmp_path / "a")
+        result = straight.run()
+        assert result.status == "finished" and result.metrics["test_count"] == 24
+        halted_config = _imagenet_config(4)
+        halted_config.halt_after_steps = 2
+        assert train.Trainer(halted_config, tmp_path / "b").run().status == "halted"
+        resumed = train.Trainer(_imagenet_config(4), tmp_path / "b")
+        assert resumed.run().status == "finished"
+    assert straight.final_state.params["head"]["kernel"].shape[-1] == 1000
+    a, b = (runs.flat(flax.serialization.to_state_dict(jax.device_get(t.final_state)))
+            for t in (straight, resumed))
+    assert len(a) > 10 and a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
