@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import flax
 import jax
@@ -291,3 +292,25 @@ def test_streamed_imagenet_path_trains_and_resumes_at_the_next_batch(tmp_path, f
     assert len(a) > 10 and a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_evaluate_command_reproduces_the_logged_final_metrics(reference_run, cache):
+    r = subprocess.run(
+        [sys.executable, "-m", "dnjax.evaluate", f"--workdir={reference_run}", "--json"],
+        cwd=runs.REPO, env=runs.env(1), capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    final = list(logs.records(reference_run, "final"))[-1]
+    assert got["step"] == final["step"] == 6
+    assert got["test_count"] == final["test_count"] == 360
+    assert got["test_error"] == pytest.approx(final["test_error"], abs=1e-6)
+    assert got["test_loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+
+
+def test_evaluate_command_names_a_workdir_without_a_run(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "dnjax.evaluate", f"--workdir={tmp_path}"],
+        cwd=runs.REPO, env=runs.env(1), capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2 and "config.json" in r.stderr and str(tmp_path) in r.stderr
