@@ -717,3 +717,14 @@ def test_zoo_names_build():
     for name, entry in ZOO.items():
         model = get_model(name)
         assert isinstance(model, nn.Module), name
+
+
+@pytest.mark.parametrize(
+    "name, field, value",
+    [("densenet_cifar", "block_sizes", (1, 1, 1)), ("resnet110", "widths", (1, 2, 3)),
+     ("vgg16", "stages", ((8,),))],
+)
+def test_fields_a_builder_derives_from_depth_are_refused_by_name(name, field, value):
+    """A depth-based builder sets these itself; overriding them is a ValueError, not a TypeError."""
+    with pytest.raises(ValueError, match=field):
+        get_model(name, **{field: value})

@@ -95,6 +95,14 @@ ZOO: dict[str, ZooEntry] = _entries()
 GENERIC = ("densenet_cifar", "resnet_cifar", "resnet_cifar_bottleneck")
 
 
+# Module fields that the depth-based builders derive themselves (from ``depth``).
+_SET_BY_BUILDERS = {
+    DenseNet: ("block_sizes",),
+    ResNet: ("stage_sizes", "block", "widths", "stem_features"),
+    VGG: ("stages",),
+}
+
+
 def accepted_fields(factory: Callable[..., nn.Module]) -> list[str]:
     """The keyword arguments a zoo factory takes: its own plus those of the module it builds."""
     fn = factory.func if isinstance(factory, functools.partial) else factory
@@ -103,9 +111,10 @@ def accepted_fields(factory: Callable[..., nn.Module]) -> list[str]:
         names = [f.name for f in dataclasses.fields(fn) if f.name not in ("parent", "name")]
     else:
         names = [p for p in inspect.signature(fn).parameters if p != "kwargs"]
-        for module_cls in (DenseNet, ResNet, VGG):
+        for module_cls, fixed in _SET_BY_BUILDERS.items():
             if fn.__module__ == module_cls.__module__:
-                names += [f.name for f in dataclasses.fields(module_cls) if f.name not in ("parent", "name")]
+                names += [f.name for f in dataclasses.fields(module_cls)
+                          if f.name not in ("parent", "name", *fixed)]
     return sorted(set(names))
 
 
