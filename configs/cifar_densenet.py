@@ -34,7 +34,7 @@ Any other size through the generic builder, e.g. DenseNet-BC L=52, k=12:
 ``python -m experiments.run table2 --print`` lists every row's command.
 """
 
-from configs import _args, default, recipes
+from configs import default, recipes
 
 MODELS = (
     "densenet40_k12", "densenet100_k12", "densenet100_k24", "densenet_bc100_k12",
@@ -43,7 +43,7 @@ MODELS = (
 
 
 def get_config(arg="densenet_bc100_k12,c10+"):
-    model, dataset = _args.parse(arg, "densenet_bc100_k12", MODELS)
+    model, dataset = recipes.parse_model_dataset(arg, "densenet_bc100_k12", MODELS)
     c = default.get_config()
     c.model.name = model
     c.batch_size = 64

@@ -25,7 +25,7 @@ through resnet_cifar (6n+2, basic units) or resnet_cifar_bottleneck (9n+2), e.g.
 ``--config=configs/cifar_resnet.py:resnet_cifar,c10+ --config.model.depth=56`` (6.97).
 """
 
-from configs import _args, default, recipes
+from configs import default, recipes
 
 MODELS = (
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "preact_resnet110", "resnet1202",
@@ -36,7 +36,7 @@ WARMUP_MODELS = ("resnet110", "preact_resnet110")
 
 
 def get_config(arg="preact_resnet164,c10+"):
-    model, dataset = _args.parse(arg, "preact_resnet164", MODELS)
+    model, dataset = recipes.parse_model_dataset(arg, "preact_resnet164", MODELS)
     c = default.get_config()
     c.model.name = model
     recipes.apply_dataset(c, dataset)

@@ -11,13 +11,13 @@ Published: the DenseNet paper has no VGG row, and docs/spec.md lists no figure f
 networks, so the reports show none.
 """
 
-from configs import _args, default, recipes
+from configs import default, recipes
 
 MODELS = ("vgg11", "vgg13", "vgg16", "vgg19")
 
 
 def get_config(arg="vgg16,c10+"):
-    model, dataset = _args.parse(arg, "vgg16", MODELS)
+    model, dataset = recipes.parse_model_dataset(arg, "vgg16", MODELS)
     c = default.get_config()
     c.model.name = model
     c.batch_size = 64

@@ -1,0 +1,2 @@
+"""Studies of the paper's claims: their runs (``studies``), the runner (``run``), the report and
+plots (``report``, ``plots``) and the feature-reuse heatmaps (``feature_reuse``)."""

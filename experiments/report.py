@@ -1,0 +1,389 @@
+"""The report of a study: a Markdown table from the runs' logs, and the plots beside it.
+
+    python -m experiments.report STUDY --root=DIR [--out=DIR] [--budget=...]
+
+For every run of the study (at the budget that ``DIR/study.json`` names) it reads
+``DIR/<run>/config.json`` and ``metrics.jsonl`` and reports the network's parameters and MACs per
+image (measured on the module, as ``python -m dnjax.models`` does), the test error at the end of
+training (what the paper reports) and the best one over the evaluations, the paper's figure and
+the difference. Runs that differ only in the seed are summarised as mean ± standard deviation.
+
+A run that never started is reported as missing, one without a final record as incomplete (still
+running, or crashed: the runner's exit status says which where it knows), a log with a torn last
+line as such; none of them contributes a number. Output: ``report.md`` and the PNGs of
+``experiments.plots`` in ``--out`` (default: the study directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from experiments import studies
+from experiments.run import MANIFEST, RUNNER_LOG, read_manifest
+from experiments.studies import Run, StudyError
+
+FINISHED = "finished"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What the logs of one run say; error fields are None unless the run finished."""
+
+    run: Run
+    status: str  # finished | missing | incomplete | failed | preempted | halted | mismatch
+    note: str = ""
+    params: int | None = None
+    macs: int | None = None
+    final_error: float | None = None
+    best_error: float | None = None
+    best_epoch: float | None = None
+    train_loss: float | None = None
+    step: int | None = None
+    epoch: float | None = None
+    torn: bool = False
+    evals: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (epoch, test error)
+    train: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (epoch, loss)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes of the networks
+
+
+_SIZE_CACHE: dict[str, tuple[int, int]] = {}
+
+
+def _num_classes(config) -> int:
+    if config.data.num_classes:
+        return int(config.data.num_classes)
+    return {"cifar100": 100, "imagenet2012": 1000}.get(config.data.dataset, 10)
+
+
+@functools.lru_cache(maxsize=None)
+def _npz_image_shape(path: str) -> tuple[int, ...]:
+    import numpy as np
+
+    with np.load(path) as f:
+        return tuple(f["image"].shape[1:])
+
+
+def _input_shape(config) -> tuple[int, ...]:
+    d = config.data
+    if d.dataset == "digits":
+        return (8, 8, 1)
+    if d.dataset == "imagenet2012":
+        return (d.image_size, d.image_size, 3)
+    if d.dataset == "npz" and d.npz_train and Path(d.npz_train).exists():
+        return _npz_image_shape(str(d.npz_train))
+    return (32, 32, 3)
+
+
+def network_size(config) -> tuple[int, int]:
+    """(parameters, MACs per image) of the run's network, traced but never compiled."""
+    from dnjax import config_lib
+    from dnjax.models import summary
+
+    fields = {k: v for k, v in config_lib.model_overrides(config).items() if k != "dropout_rate"}
+    shape = _input_shape(config)
+    key = json.dumps([config.model.name, fields, _num_classes(config), shape], sort_keys=True, default=str)
+    if key not in _SIZE_CACHE:
+        model = config_lib.build_model(config, _num_classes(config))
+        variables = summary.abstract_variables(model, shape)
+        _SIZE_CACHE[key] = (summary.count_params(variables), summary.count_macs(model, shape, variables))
+    return _SIZE_CACHE[key]
+
+
+def config_of_run(run: Run):
+    """The config a run would train with, from its config file and overrides (no workdir needed)."""
+    import importlib
+
+    path, _, arg = run.config.partition(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    config = module.get_config(arg) if arg else module.get_config()
+    for key, value in run.overrides:
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    config.seed = run.seed
+    return config
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a run
+
+
+def _runner_exits(root: Path) -> dict[str, int]:
+    from dnjax import logs
+
+    records, _ = logs.read_jsonl(root / RUNNER_LOG)
+    return {r["run"]: int(r["rc"]) for r in records if "run" in r and "rc" in r}
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def read_run(root: Path, run: Run, exits: dict[str, int] | None = None, sizes: bool = True) -> RunResult:
+    from dnjax import logs
+    from dnjax.evaluate import load_run_config
+
+    workdir = Path(root) / run.name
+    exits = exits if exits is not None else _runner_exits(Path(root))
+    result = RunResult(run, "missing")
+    config = None
+    if (workdir / "config.json").exists():
+        try:
+            config = load_run_config(workdir)
+        except Exception as e:  # a damaged config.json: say so instead of failing the whole report
+            result.note = f"unreadable config.json ({type(e).__name__})"
+    expected = config_of_run(run)
+    if config is not None and config.model.name != expected.model.name:
+        result.status = "mismatch"
+        result.note = (f"{workdir} trained {config.model.name}, but the study defines {expected.model.name}; "
+                       "not counted")
+        return result
+    if sizes:
+        try:
+            result.params, result.macs = network_size(config if config is not None else expected)
+        except Exception as e:
+            result.note = f"size unknown ({type(e).__name__}: {e})"
+
+    records, torn = logs.read_jsonl(workdir / logs.METRICS_FILE)
+    result.torn = torn
+    if not records:
+        rc = exits.get(run.name)
+        if rc not in (None, 0):
+            result.status, result.note = "failed", f"exit status {rc} before the first log line"
+        elif torn:
+            result.status, result.note = "incomplete", "the log holds only a torn line"
+        elif workdir.exists():
+            result.note = result.note or "no log yet"
+        return result
+    started = next((r for r in records if r.get("event") == "started"), None)
+    if started is not None and started.get("params") is not None:
+        result.params = int(started["params"])  # what was actually trained
+    result.evals = [(float(r["epoch"]), float(r["test_error"])) for r in records
+                    if r.get("type") == "eval" and _float(r.get("test_error")) is not None]
+    result.train = [(float(r["epoch"]), float(r["loss"])) for r in records
+                    if r.get("type") == "train" and _float(r.get("loss")) is not None]
+    last = records[-1]
+    result.step = int(last.get("step", 0))
+    result.epoch = _float(last.get("epoch")) or (result.evals[-1][0] if result.evals else None)
+    final = next((r for r in reversed(records) if r.get("type") == "final"), None)
+    torn_note = "; the log ends in a torn line" if torn else ""
+    if final is not None:
+        result.status = FINISHED
+        result.final_error = _float(final.get("test_error"))
+        result.train_loss = _float(final.get("train_loss"))
+        result.step, result.epoch = int(final["step"]), _float(final.get("epoch"))
+        if result.evals:
+            result.best_epoch, result.best_error = min(result.evals, key=lambda e: e[1])
+        else:
+            result.best_error, result.best_epoch = result.final_error, result.epoch
+        result.note = torn_note.removeprefix("; ")
+        return result
+    where = f"last logged step {result.step}" + (f", epoch {result.epoch:.2f}" if result.epoch is not None else "")
+    events = [r.get("event") for r in records if r.get("type") == "event"]
+    rc = exits.get(run.name)
+    if events and events[-1] in ("preempted", "halted"):
+        result.status = events[-1]
+        result.note = f"{events[-1]} at step {result.step}; rerun the runner to continue{torn_note}"
+    elif rc not in (None, 0, 143):
+        result.status = "failed"
+        result.note = f"exit status {rc}; {where}{torn_note}"
+    else:
+        result.status = "incomplete"
+        result.note = f"crashed or still running: {where}{torn_note}"
+    return result
+
+
+def read_study(root: Path, study: str, budget: str | None = None, data_dir=None,
+               sizes: bool = True) -> tuple[list[RunResult], str]:
+    """The results of every run of ``study`` under ``root``, and the budget they were run at.
+
+    The budget comes from ``root/study.json``; a manifest of another study is an error, as is a
+    budget argument that contradicts it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StudyError(f"{root} does not exist: run the study first (python -m experiments.run {study} --root={root})")
+    manifest = read_manifest(root)
+    if manifest is not None:
+        if manifest.get("study") != study:
+            raise StudyError(f"{root} holds study {manifest.get('study')!r}, not {study!r} "
+                             f"(its {MANIFEST} says so); give the root of {study!r}")
+        mb = manifest.get("budget", "full")
+        if budget is not None and budget != mb:
+            raise StudyError(f"{root} holds study {study!r} at budget {mb!r}, not {budget!r}")
+        budget = mb
+    budget = budget or "full"
+    runs = studies.study_runs(study, budget, data_dir)
+    exits = _runner_exits(root)
+    return [read_run(root, r, exits, sizes=sizes) for r in runs], budget
+
+
+# ------------------------------------------------------------------------------------------------
+# Summaries and the Markdown
+
+
+@dataclasses.dataclass
+class Group:
+    """Runs that differ only in the seed."""
+
+    runs: list[RunResult]
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0].run
+
+    @property
+    def done(self) -> list[RunResult]:
+        return [r for r in self.runs if r.finished]
+
+    def stat(self, field: str) -> tuple[float, float | None, int] | None:
+        values = [getattr(r, field) for r in self.done if getattr(r, field) is not None]
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return statistics.fmean(values), std, len(values)
+
+
+def groups(results: Sequence[RunResult]) -> list[Group]:
+    out: dict[str, Group] = {}
+    for r in results:
+        out.setdefault(r.run.group, Group([])).runs.append(r)
+    return list(out.values())
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_stat(s: tuple[float, float | None, int] | None, several: bool) -> str:
+    if s is None:
+        return "—"
+    mean, std, n = s
+    if std is None:
+        return f"{mean:.2f}" + (f" (n=1)" if several else "")
+    return f"{mean:.2f} ± {std:.2f} (n={n})"
+
+
+def human(n: float | None) -> str:
+    if n is None:
+        return "—"
+    from dnjax.models.summary import human as h
+
+    return h(n)
+
+
+def _status_of_group(g: Group) -> str:
+    if len(g.runs) == 1:
+        r = g.runs[0]
+        return f"{r.status} ({r.note})" if r.note else r.status
+    done = len(g.done)
+    others = [f"{r.run.name}: {r.status}" for r in g.runs if not r.finished]
+    return f"{done}/{len(g.runs)} finished" + (f"; {'; '.join(others)}" if others else "")
+
+
+def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, root: Path | str,
+             plots: Sequence[str] = ()) -> str:
+    b = studies.budget(budget)
+    lines = [f"# Study `{study.name}`", "", study.description, ""]
+    lines.append(f"Budget: **{budget}** ({b.description}). Runs under `{root}`.")
+    if budget != "full":
+        lines += ["", "These are not the paper's full-length runs: the networks, data and schedule are "
+                  "reduced, so the errors are not comparable with the paper's figures, which are left out; "
+                  "the column *stands in for* names the published network each run represents."]
+    lines += ["", "Test error in %, on the test split at the end of training (final, as the paper reports) "
+              "and the lowest over the evaluations (best); mean ± standard deviation over seeds where a "
+              "configuration has several. Δ = final − paper.", ""]
+    stand_ins = any(r.run.stands_for for r in results)
+    head = ["model", "data", "params", "MACs", "final error", "best error", "paper", "Δ", "status"]
+    if stand_ins:
+        head.insert(1, "stands in for")
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups(results):
+        several = len(g.runs) > 1
+        final, best = g.stat("final_error"), g.stat("best_error")
+        paper = g.first.paper
+        delta = None if final is None or paper is None else final[0] - paper
+        params = next((r.params for r in g.runs if r.params is not None), None)
+        macs = next((r.macs for r in g.runs if r.macs is not None), None)
+        row = [g.first.label, g.first.dataset, human(params), human(macs),
+               fmt_stat(final, several), fmt_stat(best, several), fmt(paper),
+               "—" if delta is None else f"{delta:+.2f}", _status_of_group(g)]
+        if stand_ins:
+            row.insert(1, g.first.stands_for or "—")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Runs", "",
+              "| run | status | seed | steps | epochs | final error | best error (epoch) | final train loss | params | note |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        best = "—" if r.best_error is None else f"{r.best_error:.2f} ({r.best_epoch:g})"
+        lines.append(
+            f"| {r.run.name} | {r.status} | {r.run.seed} | {r.step if r.step is not None else '—'} | "
+            f"{fmt(r.epoch)} | {fmt(r.final_error)} | {best} | {fmt(r.train_loss, 4)} | "
+            f"{r.params if r.params is not None else '—'} | {r.note or ''} |"
+        )
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(study_name: str, root: Path, out: Path | None = None, budget: str | None = None,
+                 data_dir=None, with_plots: bool = True) -> tuple[Path, list[Path], list[RunResult]]:
+    from experiments import plots as plots_lib
+
+    study = studies.get_study(study_name)
+    results, budget = read_study(root, study_name, budget, data_dir)
+    out = Path(out or root)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if with_plots:
+        written = plots_lib.study_plots(study, results, out, title_suffix=f" ({budget})" if budget != "full" else "")
+    path = out / "report.md"
+    path.write_text(markdown(study, results, budget, root, written))
+    return path, written, results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("study", help=f"one of: {', '.join(studies.STUDIES)}")
+    p.add_argument("--root", required=True, help="the study directory given to experiments.run")
+    p.add_argument("--out", default=None, help="where report.md and the PNGs go (default: ROOT)")
+    p.add_argument("--budget", default=None, choices=studies.BUDGETS,
+                   help="only needed for a root without study.json (runs launched from --print lines)")
+    p.add_argument("--data_dir", default=None, help="as given to experiments.run, for --budget=cifar10-sample")
+    p.add_argument("--no_plots", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        path, written, results = write_report(a.study, Path(a.root), a.out and Path(a.out), a.budget,
+                                              a.data_dir, not a.no_plots)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    done = sum(r.finished for r in results)
+    print(f"{path}: {done}/{len(results)} runs finished" + "".join(f"\n{w}" for w in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

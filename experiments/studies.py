@@ -1,0 +1,386 @@
+"""The studies: named lists of runs (a config plus overrides), and the budgets that shrink them.
+
+A run is one ``python -m dnjax.main`` invocation; its workdir is ``ROOT/<run name>``. A study
+names its runs explicitly, so the runner, the printed command lines and the report agree on what
+belongs to it. Budgets turn a study's full-length runs into cheaper ones:
+
+  full            the paper's recipes as they are (the default)
+  smoke           every run on a tiny network of its family, on scikit-learn's 8x8 digits, for
+                  8 steps: checks that a study runs end to end, in seconds per run
+  cifar10-sample  one small member of each family (DenseNet-BC L=16, k=12 for DenseNet-BC-100;
+                  the 11-layer bottleneck ResNet for ResNet-164), 2 epochs on the 10,000-image
+                  CIFAR-10 sample in ../shared/data/cifar10, tested on 2,000 of its test images,
+                  seeds 0 and 1 where the study has several: a real result that two shared CPU
+                  cores produce in about an hour
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from dnjax import published
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO.parent / "shared" / "data" / "cifar10"
+
+DENSENET_CONFIG = "configs/cifar_densenet.py"
+RESNET_CONFIG = "configs/cifar_resnet.py"
+VGG_CONFIG = "configs/cifar_vgg.py"
+
+DATASET_NAMES = {"c10": "C10", "c10+": "C10+", "c100": "C100", "c100+": "C100+", "svhn": "SVHN"}
+
+# Human names of the networks, for tables and legends.
+LABELS = {
+    "densenet40_k12": "DenseNet (L=40, k=12)",
+    "densenet100_k12": "DenseNet (L=100, k=12)",
+    "densenet100_k24": "DenseNet (L=100, k=24)",
+    "densenet_bc100_k12": "DenseNet-BC (L=100, k=12)",
+    "densenet_bc250_k24": "DenseNet-BC (L=250, k=24)",
+    "densenet_bc190_k40": "DenseNet-BC (L=190, k=40)",
+    "resnet110": "ResNet-110",
+    "preact_resnet110": "pre-act. ResNet-110",
+    "resnet164": "ResNet-164",
+    "preact_resnet164": "pre-act. ResNet-164",
+    "resnet1001": "ResNet-1001",
+    "preact_resnet1001": "pre-act. ResNet-1001",
+    "vgg16": "VGG-16 (BN)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of a study.
+
+    ``overrides`` are ``--config.<key>=<value>`` pairs (model fields included, as ``model.depth``).
+    ``group`` joins runs that differ only in the seed; ``family`` and ``variant`` place the run in
+    the plots (a line per family, pre vs post for the activation study). ``paper`` is the published
+    error this exact run should reproduce, None where there is none (or the budget changed the run).
+    """
+
+    name: str
+    config: str
+    dataset: str
+    label: str
+    family: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+    group: str = ""
+    variant: str = ""
+    paper: float | None = None
+    stands_for: str = ""
+
+    def __post_init__(self):
+        if not self.group:
+            object.__setattr__(self, "group", self.name)
+
+    @property
+    def model(self) -> str:
+        for k, v in self.overrides:
+            if k == "model.name":
+                return v
+        arg = self.config.split(":", 1)[1] if ":" in self.config else ""
+        return arg.split(",")[0]
+
+    def args(self, workdir: str | Path) -> list[str]:
+        """The arguments of ``python -m dnjax.main`` for this run."""
+        out = [f"--config={self.config}", f"--workdir={workdir}"]
+        out += [f"--config.{k}={flag_value(v)}" for k, v in self.overrides]
+        out.append(f"--config.seed={self.seed}")
+        return out
+
+
+def flag_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    return str(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    name: str
+    description: str
+    runs: tuple[Run, ...]
+    plots: tuple[str, ...] = ("curves", "efficiency")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _config(model: str, dataset: str) -> str:
+    if model.startswith("densenet"):
+        path = DENSENET_CONFIG
+    elif model.startswith("vgg"):
+        path = VGG_CONFIG
+    else:
+        path = RESNET_CONFIG
+    return f"{path}:{model},{dataset}"
+
+
+def _family(model: str, activation: str | None = None) -> str:
+    if model.startswith("densenet_bc"):
+        return "DenseNet-BC" + (" (post-act.)" if activation == "post" else "")
+    if model.startswith("densenet"):
+        return "DenseNet"
+    if model.startswith("preact_resnet"):
+        return "pre-act. ResNet"
+    if model.startswith("resnet"):
+        return "ResNet"
+    return "VGG"
+
+
+def paper_run(model: str, dataset: str, *, name: str | None = None, activation: str | None = None,
+              seed: int = 0, group: str | None = None, variant: str = "") -> Run:
+    """A run of a published configuration, with the figure it should reproduce."""
+    overrides: tuple[tuple[str, Any], ...] = ()
+    label = LABELS.get(model, model)
+    if activation is not None and model.startswith("densenet"):
+        overrides = (("model.activation", activation),)
+        if activation == "post":
+            label += ", post-act."
+    return Run(
+        name=name or f"{model}_{dataset}",
+        config=_config(model, dataset),
+        dataset=DATASET_NAMES[dataset],
+        label=label,
+        family=_family(model, activation),
+        overrides=overrides,
+        seed=seed,
+        group=group or "",
+        variant=variant,
+        paper=published.error(model, dataset, activation),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The studies
+
+TABLE2_DENSENETS = (
+    "densenet40_k12", "densenet100_k12", "densenet100_k24",
+    "densenet_bc100_k12", "densenet_bc250_k24", "densenet_bc190_k40",
+)
+TABLE2_DATASETS = ("c10", "c10+", "c100", "c100+", "svhn")
+RESNET_BASELINES = ("resnet110", "resnet164", "preact_resnet164", "resnet1001", "preact_resnet1001")
+
+
+def _table2() -> Study:
+    runs = [
+        paper_run(m, d)
+        for m in TABLE2_DENSENETS
+        for d in TABLE2_DATASETS
+        if published.error(m, d) is not None
+    ]
+    runs += [
+        paper_run(m, d) for m in RESNET_BASELINES for d in ("c10+", "c100+")
+        if published.error(m, d) is not None
+    ]
+    runs.append(paper_run("vgg16", "c10+"))
+    return Study(
+        "table2",
+        "Every published CIFAR/SVHN row of the paper's Table 2 (the six DenseNets on C10, C10+, "
+        "C100, C100+ and SVHN), the ResNet baselines (ResNet-110; ResNet-164 and ResNet-1001, "
+        "original and pre-activation) and VGG-16 with BatchNorm.",
+        tuple(runs),
+    )
+
+
+def _resnet_vs_densenet() -> Study:
+    models = (
+        "densenet_bc100_k12", "densenet_bc250_k24", "densenet_bc190_k40",
+        "preact_resnet164", "preact_resnet1001",
+    )
+    return Study(
+        "resnet_vs_densenet",
+        "CIFAR-100+: DenseNet-BC (L=100, k=12) against pre-activation ResNet-164 and ResNet-1001, "
+        "with the larger DenseNet-BCs of the paper's parameter-efficiency comparison (Figure 4): "
+        "test error against parameters and against MACs per image.",
+        tuple(paper_run(m, "c100+") for m in models),
+    )
+
+
+PRE_POST_SEEDS = (0, 1, 2)
+
+
+def _pre_vs_post_activation() -> Study:
+    runs = []
+    for dataset in ("c10+", "c100+"):
+        for variant in ("pre", "post"):
+            for seed in PRE_POST_SEEDS:
+                group = f"densenet_bc100_k12_{variant}_{dataset}"
+                runs.append(paper_run("densenet_bc100_k12", dataset, activation=variant, seed=seed,
+                                      name=f"{group}_s{seed}", group=group, variant=variant))
+        for variant in ("pre", "post"):
+            model = "preact_resnet164" if variant == "pre" else "resnet164"
+            for seed in PRE_POST_SEEDS:
+                group = f"resnet164_{variant}_{dataset}"
+                runs.append(paper_run(model, dataset, seed=seed, name=f"{group}_s{seed}",
+                                      group=group, variant=variant))
+    return Study(
+        "pre_vs_post_activation",
+        "DenseNet-BC (L=100, k=12) and ResNet-164, each with pre-activation (BN-ReLU-Conv) and "
+        f"post-activation (Conv-BN-ReLU) layers, on C10+ and C100+, seeds {PRE_POST_SEEDS}.",
+        tuple(runs),
+        plots=("curves", "activation"),
+    )
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in (_table2(), _resnet_vs_densenet(), _pre_vs_post_activation())}
+
+
+# ------------------------------------------------------------------------------------------------
+# Budgets
+
+_TINY = {  # a zoo network -> its tiny stand-in for smoke runs
+    "densenet": "densenet_tiny", "densenet_bc": "densenet_bc_tiny",
+    "resnet": "resnet_tiny", "preact_resnet": "preact_resnet_tiny", "vgg": "vgg_tiny",
+}
+
+
+def _tiny_model(run: Run) -> str:
+    model = run.model
+    for prefix in ("densenet_bc", "preact_resnet", "densenet", "resnet", "vgg"):
+        if model.startswith(prefix):
+            return _TINY[prefix]
+    raise ValueError(f"run {run.name}: no tiny stand-in for model {model!r}")
+
+
+SMOKE_OVERRIDES: tuple[tuple[str, Any], ...] = (
+    ("data.dataset", "digits"), ("data.pad", 1), ("data.flip", False),
+    ("data.train_limit", 64), ("data.test_limit", 64),
+    ("batch_size", 16), ("eval_batch_size", 32), ("num_epochs", 2.0),
+    ("eval_every_epochs", 1.0), ("checkpoint_every_epochs", 1.0), ("log_every_steps", 2),
+    ("progress_bar", False),
+)
+
+
+def _smoke(run: Run) -> Run | None:
+    keep = tuple((k, v) for k, v in run.overrides if k == "model.activation")
+    tiny = _tiny_model(run)
+    post = ("model.activation", "post") in keep
+    return dataclasses.replace(
+        run,
+        overrides=(("model.name", tiny),) + keep + SMOKE_OVERRIDES,
+        label=tiny + (", post-act." if post else ""),
+        dataset=f"{run.dataset} (digits)",
+        paper=None,
+        stands_for=run.label,
+    )
+
+
+# A zoo network -> (its stand-in on the CIFAR-10 sample: zoo name, fields, label, run-name stem).
+SAMPLE_STAND_INS: dict[str, tuple[str, dict[str, Any], str, str]] = {
+    "densenet_bc100_k12": ("densenet_cifar", dict(depth=16, growth_rate=12, bottleneck=True, compression=0.5),
+                           "DenseNet-BC (L=16, k=12)", "densenet_bc16_k12"),
+    "preact_resnet164": ("resnet_cifar_bottleneck", dict(depth=11, activation="pre"),
+                         "pre-act. ResNet-11 (bottleneck)", "preact_resnet11"),
+    "resnet164": ("resnet_cifar_bottleneck", dict(depth=11, activation="post"),
+                  "ResNet-11 (bottleneck)", "resnet11"),
+}
+SAMPLE_EPOCHS = 2.0
+SAMPLE_TEST_IMAGES = 2000
+SAMPLE_SEEDS = (0, 1)  # used by studies with several seeds; the others have seed 0 only
+
+
+def sample_overrides(data_dir: Path | str) -> tuple[tuple[str, Any], ...]:
+    d = Path(data_dir)
+    return (
+        ("data.dataset", "npz"), ("data.npz_train", str(d / "train_10k.npz")),
+        ("data.npz_test", str(d / "test_10k.npz")), ("data.test_limit", SAMPLE_TEST_IMAGES),
+        ("num_epochs", SAMPLE_EPOCHS), ("eval_every_epochs", 0.5), ("checkpoint_every_epochs", 1.0),
+        ("log_every_steps", 20), ("progress_bar", False),
+    )
+
+
+def _cifar10_sample(run: Run, data_dir: Path | str) -> Run | None:
+    """A small member of the run's family on the CIFAR-10 sample, with the run's recipe (C10+:
+    augmentation, no dropout). Runs with no stand-in, or whose stand-in another run already
+    covers (C100+ becomes C10+ here), are left out."""
+    if run.seed not in SAMPLE_SEEDS or run.model not in SAMPLE_STAND_INS:
+        return None
+    zoo, fields, label, stem = SAMPLE_STAND_INS[run.model]
+    fields = dict(fields)
+    activation = dict(run.overrides).get("model.activation")
+    if activation is not None:
+        fields["activation"] = activation
+    if run.variant:  # the activation study: one stem per network, the variant says which form
+        stem = f"{stem.removeprefix('preact_')}_{run.variant}"
+    if activation == "post":
+        label += ", post-act."
+    name = f"{stem}_c10sample"
+    group = name
+    if run.group != run.name:  # a study with several seeds keeps them apart
+        name = f"{name}_s{run.seed}"
+    config = run.config.split(":")[0] + f":{zoo},c10+"
+    overrides = tuple((f"model.{k}", v) for k, v in fields.items()) + sample_overrides(data_dir)
+    return dataclasses.replace(
+        run, name=name, group=group, config=config, overrides=overrides, dataset="C10+ (10k sample)",
+        label=label, paper=None, stands_for=run.label,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    name: str
+    description: str
+    transform: Callable[[Run], Run | None]
+
+
+def budget(name: str, data_dir: Path | str | None = None) -> Budget:
+    if name == "full":
+        return Budget(name, "the paper's full recipes", lambda r: r)
+    if name == "smoke":
+        return Budget(name, "tiny networks, 8 steps on scikit-learn's 8x8 digits", _smoke)
+    if name == "cifar10-sample":
+        d = data_dir or SAMPLE_DIR
+        return Budget(
+            name,
+            f"one small member of each family, {SAMPLE_EPOCHS:g} epochs on the 10,000-image CIFAR-10 sample "
+            f"(JPEG-recompressed) with the C10+ recipe whatever the study's data set, tested on "
+            f"{SAMPLE_TEST_IMAGES} of its test images, seeds {', '.join(map(str, SAMPLE_SEEDS))} where the "
+            "study has several",
+            lambda r: _cifar10_sample(r, d),
+        )
+    raise ValueError(f"budget {name!r} is unknown; valid budgets are {', '.join(BUDGETS)}")
+
+
+BUDGETS = ("full", "smoke", "cifar10-sample")
+
+
+class StudyError(ValueError):
+    """An unknown study, run or budget, or a root that belongs to something else."""
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise StudyError(f"study {name!r} is unknown; valid studies are {', '.join(STUDIES)}")
+    return STUDIES[name]
+
+
+def study_runs(name: str, budget_name: str = "full", data_dir=None,
+               only: list[str] | tuple[str, ...] = ()) -> tuple[Run, ...]:
+    """The runs of study ``name`` under a budget (duplicates the budget creates dropped), or just
+    the ones named in ``only``; an unknown name raises StudyError listing the valid ones."""
+    study = get_study(name)
+    try:
+        b = budget(budget_name, data_dir)
+    except ValueError as e:
+        raise StudyError(str(e)) from None
+    runs, seen = [], set()
+    for run in study.runs:
+        r = b.transform(run)
+        if r is None or r.name in seen:
+            continue
+        seen.add(r.name)
+        runs.append(r)
+    if only:
+        names = [r.name for r in runs]
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise StudyError(
+                f"run(s) {unknown} are not in study {name!r} (budget {budget_name}); its runs are: "
+                + ", ".join(names)
+            )
+        runs = [r for r in runs if r.name in only]
+    return tuple(runs)

@@ -1,0 +1,461 @@
+"""Experiments: the per-row configs, the studies' command lines, a smoke study run end to end
+through the runner, the report's numbers against the logs, bad roots and broken logs, the plots,
+and the feature-reuse heatmap on a hand-built kernel.
+
+Only ``test_smoke_study_end_to_end`` trains (two tiny runs of a few steps, in subprocesses with
+cheap compilation); everything else reads hand-written logs or traces models.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dnjax import config_lib, published
+from experiments import feature_reuse, plots, report, run, studies
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_from_args(args: list[str]):
+    """Builds the config a ``dnjax.main`` argument list describes, the way config_flags would:
+    the config file with its argument, then each --config.KEY=VALUE parsed to the field's type."""
+    flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--"))
+    path, _, arg = flags.pop("config").partition(":")
+    assert (REPO / path).is_file(), path
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    config = module.get_config(arg)
+    flags.pop("workdir")
+    for key, text in flags.items():
+        assert key.startswith("config."), key
+        *parents, leaf = key.removeprefix("config.").split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        assert leaf in node, f"{key} is not a config field"
+        kind = node.get_type(leaf)  # for a placeholder, the type it was declared with
+        value = {"True": True, "False": False}[text] if kind is bool else kind(text)
+        node[leaf] = value
+    return config
+
+
+def print_lines(capsys, *argv) -> list[str]:
+    assert run.main(list(argv)) == 0
+    out = capsys.readouterr().out
+    return [line for line in out.splitlines() if line.strip()]
+
+
+# 1. Configs: every published row is one documented command -------------------------------------
+
+
+def test_cifar_configs_reach_every_published_row_with_its_recipe():
+    from configs import cifar_densenet, cifar_resnet
+
+    doc = cifar_densenet.__doc__
+    for model in studies.TABLE2_DENSENETS:
+        row = next(line for line in doc.splitlines() if line.startswith(f"| {model} "))
+        for dataset in studies.TABLE2_DATASETS:
+            paper = published.error(model, dataset)
+            if paper is not None:
+                assert f"{paper:.2f}" in row, (model, dataset, row)
+            c = cifar_densenet.get_config(f"{model},{dataset}")
+            assert c.model.name == model
+            assert c.model.dropout_rate == (0.0 if dataset.endswith("+") else 0.2)
+            assert c.data.augment == dataset.endswith("+")
+            assert c.num_epochs == (40.0 if dataset == "svhn" else 300.0)
+            assert c.data.dataset == {"svhn": "svhn_cropped"}.get(
+                dataset, "cifar100" if "100" in dataset else "cifar10")
+    for model in ("resnet110", "preact_resnet110", "resnet164", "preact_resnet164", "resnet1001", "preact_resnet1001"):
+        c = cifar_resnet.get_config(f"{model},c100+")
+        assert (c.model.name, c.batch_size, c.num_epochs, c.optim.nesterov) == (model, 128, 164.0, False)
+        assert c.optim.warmup_epochs == (1.0 if model.endswith("resnet110") else 0.0)
+        assert c.optim.decay_at == (0.5, 0.75)
+        assert f"{published.error(model, 'c10+'):.2f}" in cifar_resnet.__doc__
+    # The old single-argument form still means "the default network on this data set".
+    assert cifar_densenet.get_config("cifar100").model.name == "densenet_bc100_k12"
+    with pytest.raises(ValueError, match="neither a model"):
+        cifar_densenet.get_config("resnet110,c10+")
+    with pytest.raises(ValueError, match="two datasets"):
+        cifar_densenet.get_config("c10,c100")
+
+
+def test_imagenet_and_vgg_configs():
+    from configs import cifar_vgg, imagenet, imagenet_densenet121
+
+    for model in ("densenet121", "densenet169", "densenet201", "densenet264", "resnet50", "resnet101"):
+        c = imagenet.get_config(model)
+        assert (c.model.name, c.batch_size, c.num_epochs, c.data.dataset) == (model, 256, 90.0, "imagenet2012")
+        assert [round(f * 90) for f in c.optim.decay_at] == [30, 60]
+        assert f"{published.error(model, 'imagenet'):.2f}" in imagenet.__doc__
+        config_lib.validate(c)
+    assert imagenet_densenet121.get_config().to_dict() == imagenet.get_config("densenet121").to_dict()
+    with pytest.raises(ValueError, match="not an ImageNet network"):
+        imagenet.get_config("densenet40_k12")
+    c = cifar_vgg.get_config("vgg16,c10")
+    assert c.model.name == "vgg16" and c.model.dropout_rate is None and not c.data.augment
+    config_lib.validate(c)
+
+
+# 2. The studies' command lines ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("study", list(studies.STUDIES))
+def test_print_lists_exactly_the_study_runs(capsys, study, tmp_path):
+    root = str(tmp_path / "root")
+    lines = print_lines(capsys, study, f"--root={root}", "--print")
+    expected = studies.STUDIES[study].runs
+    assert len(lines) == len(expected)
+    for line, r in zip(lines, expected):
+        args = shlex.split(line)
+        assert args[:3] == ["python", "-m", "dnjax.main"]
+        assert f"--workdir={root}/{r.name}" in args
+        config = config_from_args(args[3:])
+        config_lib.validate(config)  # a real, valid run configuration
+        assert config.seed == r.seed
+        assert published.error(config.model.name, r.config.split(",")[-1], config.model.activation) == r.paper
+    assert not Path(root).exists()  # printing starts nothing and writes nothing
+
+
+def test_study_contents():
+    t2 = {r.name: r for r in studies.STUDIES["table2"].runs}
+    # 5 DenseNets x 5 columns + DenseNet-BC-190 on C10+/C100+, 9 ResNet rows, VGG-16
+    assert len(t2) == 25 + 2 + 9 + 1
+    assert t2["densenet_bc190_k40_c100+"].paper == 17.18 and "densenet_bc190_k40_c10" not in t2
+    assert t2["densenet40_k12_svhn"].paper == 1.79 and t2["resnet110_c10+"].paper == 6.43
+    assert t2["vgg16_c10+"].paper is None
+    pp = studies.STUDIES["pre_vs_post_activation"].runs
+    assert len(pp) == 2 * 2 * 2 * len(studies.PRE_POST_SEEDS)
+    post = [r for r in pp if r.variant == "post" and r.model == "densenet_bc100_k12"]
+    assert {r.paper for r in post} == {5.18, 24.30}
+    assert all(("model.activation", "post") in r.overrides for r in post)
+    assert {r.model for r in pp if r.family.endswith("ResNet")} == {"resnet164", "preact_resnet164"}
+    rvd = studies.STUDIES["resnet_vs_densenet"].runs
+    assert {r.model for r in rvd} >= {"densenet_bc100_k12", "preact_resnet164", "preact_resnet1001"}
+    assert all(r.dataset == "C100+" for r in rvd)
+
+
+def test_budgets_shrink_every_run(capsys, tmp_path):
+    smoke = studies.study_runs("table2", "smoke")
+    assert [r.name for r in smoke] == [r.name for r in studies.STUDIES["table2"].runs]
+    for r in smoke:
+        c = report.config_of_run(r)
+        assert c.data.dataset == "digits" and c.model.name.endswith("_tiny") and r.paper is None
+        config_lib.validate(c)
+    sample = studies.study_runs("pre_vs_post_activation", "cifar10-sample", data_dir="/data")
+    assert [r.name for r in sample] == [f"{net}_{v}_c10sample_s{s}" for net in ("densenet_bc16_k12", "resnet11")
+                                        for v in ("pre", "post") for s in (0, 1)]
+    assert sample[3].group == "densenet_bc16_k12_post_c10sample" and sample[3].seed == 1
+    c = report.config_of_run(sample[3])
+    assert (c.model.depth, c.model.activation, c.data.npz_train, c.num_epochs, c.seed) == (
+        16, "post", "/data/train_10k.npz", 2.0, 1)
+    # C100+ has no sample of its own: its runs collapse onto the C10+ ones instead of repeating them.
+    assert len(studies.study_runs("resnet_vs_densenet", "cifar10-sample")) == 2
+    lines = print_lines(capsys, "pre_vs_post_activation", f"--root={tmp_path}", "--smoke", "--print",
+                        "--only=resnet164_post_c100+_s2")
+    assert len(lines) == 1 and "--config.model.name=resnet_tiny" in lines[0] and "--config.seed=2" in lines[0]
+
+
+def test_slurm_script_has_one_task_per_run(capsys):
+    runs = studies.STUDIES["resnet_vs_densenet"].runs
+    assert run.main(["resnet_vs_densenet", "--root=/scratch/rvd", "--print", "--format=slurm"]) == 0
+    script = capsys.readouterr().out
+    assert f"#SBATCH --array=0-{len(runs) - 1}" in script
+    names = shlex.split(re.search(r"^RUNS=\((.*)\)$", script, re.M).group(1))
+    assert names == [r.name for r in runs]
+    assert '--only="${RUNS[$SLURM_ARRAY_TASK_ID]}"' in script
+
+
+def test_unknown_study_run_or_budget(capsys, tmp_path):
+    assert run.main(["table3", f"--root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "'table3' is unknown" in err and "pre_vs_post_activation" in err
+    assert run.main(["table2", f"--root={tmp_path}", "--only=densenet40_k12_c10", "--only=bogus"]) == 2
+    assert "['bogus'] are not in study 'table2'" in capsys.readouterr().err
+    assert report.main(["table3", f"--root={tmp_path}"]) == 2
+    with pytest.raises(studies.StudyError, match="budget 'tiny' is unknown"):
+        studies.study_runs("table2", "tiny")
+
+
+def test_foreign_root_is_refused(capsys, tmp_path):
+    (tmp_path / run.MANIFEST).write_text(json.dumps({"study": "table2", "budget": "full"}))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert run.main(["resnet_vs_densenet", f"--root={tmp_path}"]) == 2
+    assert "holds study 'table2'" in capsys.readouterr().err
+    assert run.main(["table2", f"--root={tmp_path}", "--smoke"]) == 2  # same study, other budget
+    assert "budget 'full'" in capsys.readouterr().err
+    assert report.main(["resnet_vs_densenet", f"--root={tmp_path}"]) == 2
+    assert "holds study 'table2'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # Without a manifest, run directories that are not the study's give it away.
+    other = tmp_path / "other"
+    (other / "someone_elses_run").mkdir(parents=True)
+    (other / "someone_elses_run" / "config.json").write_text("{}")
+    assert run.main(["table2", f"--root={other}", "--smoke"]) == 2
+    assert "not part of study 'table2'" in capsys.readouterr().err
+    # ... and so does a run of the study's name that trained another network (a full-budget run
+    # met by a smoke invocation, say).
+    mixed = tmp_path / "mixed"
+    (mixed / "vgg16_c10+").mkdir(parents=True)
+    (mixed / "vgg16_c10+" / "config.json").write_text(json.dumps({"model": {"name": "vgg16"}}))
+    assert run.main(["table2", f"--root={mixed}", "--smoke", "--only=vgg16_c10+"]) == 2
+    assert "vgg16_c10+" in capsys.readouterr().err and not (mixed / run.MANIFEST).exists()
+
+
+# 3. Reports from hand-written logs ---------------------------------------------------------------
+
+SMOKE_STUDY = "pre_vs_post_activation"
+
+
+def write_log(workdir: Path, records: list[dict], torn: str | None = None) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (workdir / "metrics.jsonl").write_text(text + (torn or ""))
+
+
+def finished_log(errors: list[float], final_loss: float, params: int = 5322) -> list[dict]:
+    recs = [{"type": "event", "step": 0, "time": 0.0, "event": "started", "params": params}]
+    for i, e in enumerate(errors, 1):
+        recs.append({"type": "train", "step": 4 * i, "time": 1.0, "epoch": float(i), "loss": 2.0 / i})
+        recs.append({"type": "eval", "step": 4 * i, "time": 1.0, "epoch": float(i), "test_error": e,
+                     "test_loss": 1.0, "test_top5_error": 1.0, "test_count": 64})
+    recs.append({"type": "final", "step": 4 * len(errors), "time": 2.0, "epoch": float(len(errors)),
+                 "test_error": errors[-1], "test_loss": 1.0, "train_loss": final_loss})
+    return recs
+
+
+def table_rows(md: str, section_start: str) -> dict[str, list[str]]:
+    """The rows of the Markdown table after ``section_start``, keyed by their first cell."""
+    body = md.split(section_start, 1)[1]
+    rows = {}
+    for line in body.splitlines():
+        if line.startswith("| ") and not line.startswith("| run |") and not line.startswith("| model |"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows.setdefault(cells[0], cells)
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    """A smoke root of the activation study: finished, crashed, failed and missing runs."""
+    root = tmp_path_factory.mktemp("synthetic")
+    (root / run.MANIFEST).write_text(json.dumps({"study": SMOKE_STUDY, "budget": "smoke"}))
+    write_log(root / "densenet_bc100_k12_pre_c10+_s0", finished_log([40.0, 31.25, 34.375], 0.8125))
+    write_log(root / "densenet_bc100_k12_pre_c10+_s1", finished_log([50.0, 37.5], 0.5))
+    # seed 2 crashed mid-run: an eval was logged, then a torn line
+    crashed = finished_log([12.5], 0.1)[:-1]
+    write_log(root / "densenet_bc100_k12_pre_c10+_s2", crashed, torn='{"type": "train", "step": 6, "ti')
+    write_log(root / "densenet_bc100_k12_post_c10+_s0", finished_log([60.0, 45.0], 1.25, params=5202))
+    # this one failed: the runner recorded exit status 2
+    write_log(root / "densenet_bc100_k12_post_c10+_s1", finished_log([70.0], 2.0)[:3])
+    with (root / run.RUNNER_LOG).open("w") as f:
+        f.write(json.dumps({"run": "densenet_bc100_k12_post_c10+_s1", "rc": 2}) + "\n")
+    write_log(root / "resnet164_pre_c10+_s0", finished_log([80.0], 2.0)[:3]
+              + [{"type": "event", "step": 4, "time": 1.0, "event": "preempted"}])
+    return root
+
+
+def test_report_table_holds_the_logged_numbers(synthetic_root, tmp_path):
+    path, written, results = report.write_report(SMOKE_STUDY, synthetic_root, out=tmp_path)
+    md = path.read_text()
+    runs = table_rows(md, "## Runs")
+    s0, s1 = runs["densenet_bc100_k12_pre_c10+_s0"], runs["densenet_bc100_k12_pre_c10+_s1"]
+    # columns: run, status, seed, steps, epochs, final, best (epoch), train loss, params, note
+    assert s0[1] == "finished" and s0[5] == "34.38" and s0[6] == "31.25 (2)" and s0[7] == "0.8125"
+    assert s0[8] == "5322"  # the trained network's size, from the "started" event
+    assert s1[5] == "37.50" and s1[6] == "37.50 (2)"
+    # The summary row: mean ± sample std over the two finished seeds, not the crashed one.
+    summary = table_rows(md, "| model |")
+    pre = next(cells for label, cells in summary.items() if label == "densenet_bc_tiny" and "C10+" in cells[2])
+    mean, std = np.mean([34.375, 37.5]), np.std([34.375, 37.5], ddof=1)
+    assert pre[5] == f"{mean:.2f} ± {std:.2f} (n=2)"
+    assert pre[6] == f"{np.mean([31.25, 37.5]):.2f} ± {np.std([31.25, 37.5], ddof=1):.2f} (n=2)"
+    assert "2/3 finished" in pre[-1] and "densenet_bc100_k12_pre_c10+_s2: incomplete" in pre[-1]
+
+
+def test_report_marks_crashed_failed_preempted_and_missing_runs(synthetic_root, tmp_path):
+    results, budget = report.read_study(synthetic_root, SMOKE_STUDY, sizes=False)
+    by = {r.run.name: r for r in results}
+    assert budget == "smoke"
+    crashed = by["densenet_bc100_k12_pre_c10+_s2"]
+    assert crashed.status == "incomplete" and crashed.torn and crashed.final_error is None
+    assert "torn" in crashed.note and "last logged step 4" in crashed.note
+    failed = by["densenet_bc100_k12_post_c10+_s1"]
+    assert failed.status == "failed" and "exit status 2" in failed.note and failed.final_error is None
+    assert by["resnet164_pre_c10+_s0"].status == "preempted"
+    assert by["resnet164_post_c100+_s2"].status == "missing"
+    assert len(results) == len(studies.STUDIES[SMOKE_STUDY].runs)  # nothing dropped
+    md = report.markdown(studies.STUDIES[SMOKE_STUDY], results, budget, synthetic_root)
+    runs = table_rows(md, "## Runs")
+    # The crashed run's logged 12.5% must not appear as a result anywhere.
+    assert runs["densenet_bc100_k12_pre_c10+_s2"][5] == "—" and "12.50" not in md
+    assert runs["resnet164_post_c100+_s2"][1] == "missing"
+
+
+def test_report_flags_a_run_of_another_network(tmp_path):
+    (tmp_path / run.MANIFEST).write_text(json.dumps({"study": SMOKE_STUDY, "budget": "smoke"}))
+    wd = tmp_path / "resnet164_pre_c10+_s0"
+    write_log(wd, finished_log([10.0], 0.1))
+    (wd / "config.json").write_text(json.dumps({"model": {"name": "vgg_tiny"}}))
+    results, _ = report.read_study(tmp_path, SMOKE_STUDY, sizes=False)
+    r = next(r for r in results if r.run.name == wd.name)
+    assert r.status == "mismatch" and r.final_error is None and "vgg_tiny" in r.note
+
+
+def png_ok(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    assert path.exists() and path.stat().st_size > 10_000, path
+    img = mpimg.imread(path)
+    assert img.shape[0] > 200 and img.shape[1] > 200 and float(np.std(img[..., :3])) > 0.05
+
+
+def test_plots_are_written(synthetic_root, tmp_path):
+    results, _ = report.read_study(synthetic_root, SMOKE_STUDY)
+    assert plots.curves(results, tmp_path / "c.png") is not None
+    assert plots.activation(results, tmp_path / "a.png") is not None
+    for name in ("c.png", "a.png"):
+        png_ok(tmp_path / name)
+    # Figure 4: error against parameters and MACs needs the sizes of finished runs.
+    assert plots.efficiency(results, tmp_path / "e.png") is not None
+    png_ok(tmp_path / "e.png")
+    nothing = [r for r in results if not r.finished]
+    assert plots.efficiency(nothing, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+# 4. Feature reuse --------------------------------------------------------------------------------
+
+
+def hand_built_block():
+    """A block with c0 = 3 input channels, k = 2, two layers, and a transition to 4 channels.
+
+    Every weight on a source's channels has the same magnitude (signs alternate, which the
+    absolute value must undo); the magnitudes are chosen so the expected cells are exact."""
+    c0, k = 3, 2
+
+    def kernel(magnitudes, per_source, cout, hw=1):
+        chans = np.concatenate([np.full(n, m) for m, n in zip(magnitudes, per_source)])
+        w = np.broadcast_to(chans[None, None, :, None], (hw, hw, len(chans), cout)).copy()
+        w[..., ::2] *= -1  # sign flips along the output channels
+        return w
+
+    layer1 = kernel([5.0], [c0], 8)  # 1x1 bottleneck, reads the block input only
+    layer2 = kernel([1.0, 3.0], [c0, k], 8)
+    transition = kernel([2.0, 4.0, 8.0], [c0, k, k], 4)
+    return c0, k, [layer1, layer2], transition
+
+
+def test_reuse_matrix_on_a_hand_built_kernel():
+    c0, k, layers, transition = hand_built_block()
+    m = feature_reuse.reuse_matrix(layers, transition, c0, k, normalize="none")
+    assert m.shape == (3, 3)  # one row per source (input, layer 1, layer 2), one column per target
+    expected = np.array([[5.0, 1.0, 2.0], [np.nan, 3.0, 4.0], [np.nan, np.nan, 8.0]])
+    np.testing.assert_allclose(m, expected)  # NaN where a layer cannot see the source
+    col = feature_reuse.reuse_matrix(layers, transition, c0, k)  # per target: max = 1
+    np.testing.assert_allclose(col, expected / np.array([5.0, 3.0, 8.0]))
+    blk = feature_reuse.reuse_matrix(layers, transition, c0, k, normalize="block")
+    np.testing.assert_allclose(blk, expected / 8.0)
+    # Per-channel means: a source with more channels of the same weight is not weighted higher.
+    wide = feature_reuse.reuse_matrix([layers[0], np.ones((3, 3, 5, 2))], None, c0, k, normalize="none")
+    assert wide.shape == (3, 2) and wide[0, 1] == wide[1, 1] == 1.0
+    with pytest.raises(ValueError, match="reads 5 channels"):
+        feature_reuse.reuse_matrix([layers[1]], None, c0, k)
+
+
+def test_block_matrices_of_a_densenet_follow_its_layout():
+    import jax
+
+    from dnjax.models import get_model, summary
+
+    # The module's real parameter tree (shapes by eval_shape), filled with random numbers.
+    model = get_model("densenet_cifar", depth=22, growth_rate=4, bottleneck=True, compression=0.5)
+    shapes = summary.abstract_variables(model, (8, 8, 3))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.normal(size=a.shape), shapes)
+    blocks = feature_reuse.block_matrices(params)
+    assert [b["layers"] for b in blocks] == [3, 3, 3]
+    assert [b["reader"] for b in blocks] == ["transition", "transition", "classifier"]
+    assert [b["input_channels"] for b in blocks] == [8, 10, 11]  # 2k, then floor(theta * m)
+    for b in blocks:
+        m = b["matrix"]
+        assert m.shape == (4, 4)
+        assert np.all(np.isnan(m[np.tril_indices(4, -1)])) and not np.any(np.isnan(m[np.triu_indices(4)]))
+        np.testing.assert_allclose(np.nanmax(m, axis=0), 1.0)
+    # The first column is the first layer's mean |w| over the block input, exactly.
+    raw = feature_reuse.block_matrices(params, normalize="none")[1]["matrix"]
+    assert raw[0, 0] == pytest.approx(np.abs(params["block2"]["layer01"]["conv1"]["kernel"]).mean())
+    png = feature_reuse.plot(blocks, Path(os.environ.get("TMPDIR", "/tmp")) / f"reuse_{os.getpid()}.png")
+    png_ok(png)
+    png.unlink()
+    with pytest.raises(ValueError, match="not a DenseNet"):
+        feature_reuse.block_matrices({"stage1": {}})
+
+
+# 5. A smoke study, end to end ---------------------------------------------------------------------
+
+SMOKE_RUNS = ("densenet_bc100_k12_pre_c10+_s0", "densenet_bc100_k12_post_c10+_s0")
+
+
+def runner(root: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "experiments.run", SMOKE_STUDY, f"--root={root}", "--smoke",
+           f"--set=compilation_cache_dir={cache}", *[f"--only={n}" for n in SMOKE_RUNS], *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_study_end_to_end(tmp_path):
+    from dnjax import logs
+
+    root = tmp_path / "study"
+    proc = runner(root, tmp_path / "cache")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((root / run.MANIFEST).read_text())["study"] == SMOKE_STUDY
+    exits = [json.loads(l) for l in (root / run.RUNNER_LOG).read_text().splitlines()]
+    assert [(e["run"], e["rc"]) for e in exits] == [(n, 0) for n in SMOKE_RUNS]
+
+    # A second invocation finds both runs finished and trains nothing.
+    again = runner(root, tmp_path / "cache")
+    assert again.returncode == 0 and again.stdout.count("finished already, skipped") == 2
+    assert len((root / run.RUNNER_LOG).read_text().splitlines()) == 2
+
+    path, written, _ = report.write_report(SMOKE_STUDY, root)
+    md = path.read_text()
+    rows = table_rows(md, "## Runs")
+    for name in SMOKE_RUNS:
+        records, torn = logs.read_jsonl(root / name / "metrics.jsonl")
+        assert not torn
+        final = next(r for r in records if r["type"] == "final")
+        evals = [r for r in records if r["type"] == "eval"]
+        best = min(evals, key=lambda r: r["test_error"])
+        assert len(evals) == 2 and final["step"] == 8  # 2 epochs of 4 steps, evaluated each epoch
+        assert rows[name][1] == "finished"
+        assert rows[name][5] == f"{final['test_error']:.2f}"
+        assert rows[name][6] == f"{best['test_error']:.2f} ({best['epoch']:g})"
+        assert rows[name][7] == f"{final['train_loss']:.4f}"
+        started = next(r for r in records if r.get("event") == "started")
+        assert rows[name][8] == str(started["params"])
+    assert [p.name for p in written] == ["curves.png", "activation.png"]
+    for p in written:
+        png_ok(p)
+        assert f"({p.name})" in md
+
+    # Figure 5 from the trained checkpoint: densenet_bc_tiny has 2 layers in each of 3 blocks.
+    out = tmp_path / "reuse.png"
+    assert feature_reuse.main([f"--workdir={root / SMOKE_RUNS[1]}", f"--out={out}"]) == 0
+    png_ok(out)
+    blocks = json.loads(out.with_suffix(".json").read_text())
+    assert [len(b["matrix"]) for b in blocks] == [3, 3, 3]
+    assert all(len(row) == 3 for b in blocks for row in b["matrix"])
+    assert all(max(v for v in col if v is not None) == 1.0
+               for b in blocks for col in zip(*b["matrix"]))
