@@ -6,17 +6,31 @@ the model's config and parameter shapes). The data position is the step itself: 
 pure function of (seed, step), so a restored run continues with exactly the next batch.
 
 Orbax writes into a temporary directory and renames it when complete, so a save interrupted by a
-crash never becomes the newest checkpoint. On restore, a damaged newest checkpoint is skipped (with
-the reason logged) in favour of the newest intact one; nothing is deleted.
+crash never becomes the newest checkpoint; such leftovers are removed when the next run starts.
+The meta also holds a fingerprint of every array of the state, checked on restore: orbax's files
+detect truncation and most garbage, but not every flipped bit of an array's compressed data.
+
+On restore, a damaged newest checkpoint is skipped (with the reason logged) in favour of the newest
+intact one. The damaged directory is not deleted: it is renamed ``<step>.damaged`` next to the
+others, out of the way of the step the resumed run will save again. When none is intact the run
+stops with :class:`CheckpointError` and nothing is changed.
+
+The best checkpoint stays consistent with the newest one through a crash: before a newer checkpoint
+is started, earlier best saves are complete, and a best save that the crash cut short is redone
+from the restored state (the meta of an evaluated step keeps its test error).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -41,24 +55,122 @@ def compare_shapes(saved: dict[str, list[int]], current: dict[str, list[int]]) -
     return problems
 
 
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """A position-weighted sum of the array's bits, modulo 2**32.
+
+    Any single changed word changes it (the weights are odd, hence invertible mod 2**32), and
+    integer sums are exact in any order, so it is the same however the array is sharded.
+    """
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        words = x.astype(jnp.uint32)
+    elif x.dtype.itemsize < 4:
+        words = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}")).astype(jnp.uint32)
+    else:  # 8-byte values become pairs of words
+        words = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    words = words.reshape(-1)
+    weights = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+_fingerprints = jax.jit(lambda leaves: jnp.stack([_leaf_fingerprint(x) for x in leaves]))
+
+
+def fingerprint(tree: Any) -> dict[str, int]:
+    """Per-array fingerprints of a (replicated) pytree, keyed by the arrays' paths."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not flat:
+        return {}
+    values = np.asarray(jax.device_get(_fingerprints([leaf for _, leaf in flat])))
+    return {jax.tree_util.keystr(path): int(v) for (path, _), v in zip(flat, values)}
+
+
+def _one_line(e: Exception, limit: int = 200) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _move_aside(step_dir: Path) -> Path:
+    """Renames a damaged step directory to ``<step>.damaged`` (orbax ignores such names)."""
+    dst, n = step_dir.with_name(f"{step_dir.name}.damaged"), 1
+    while dst.exists():
+        dst, n = step_dir.with_name(f"{step_dir.name}.damaged-{n}"), n + 1
+    step_dir.rename(dst)
+    return dst
+
+
+def _abandoned_read(exc: BaseException | None, obj: Any) -> bool:
+    """Late errors of the array reads that a failed restore leaves behind."""
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    code = getattr(obj, "cr_code", None)  # a coroutine dropped unfinished
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+class _AbandonedTaskFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("exception was never retrieved" in msg and f"{os.sep}orbax{os.sep}" in msg)
+
+
+_quieted = False
+
+
+def _quiet_abandoned_reads() -> None:
+    """When one array of a damaged checkpoint fails to read, orbax abandons the other reads; their
+    errors arrive later, in other threads, as a screenful of tracebacks that hide the one-line reason
+    logged for the skipped checkpoint. Those, and only those, are dropped."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _abandoned_read(unraisable.exc_value, unraisable.object):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_AbandonedTaskFilter())
+
+
 class Checkpoints:
-    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True):
+    """The checkpoints of one workdir.
+
+    ``training=True`` is for the run that trains into the workdir: it removes what a crashed save
+    left behind and sets damaged checkpoints aside. Tools that only read (evaluate) leave the
+    directory as they found it, even while a run is writing to it.
+    """
+
+    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True, *,
+                 training: bool = False):
         workdir = Path(workdir).absolute()
+        self.training = training
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=training,  # what a crash left of an unfinished save
                 multiprocessing_options=self._barriers("latest"),
             ),
         )
-        self.best = ocp.CheckpointManager(
-            workdir / "best",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, enable_async_checkpointing=async_save,
-                best_fn=lambda m: m["test_error"], best_mode="min",
-                multiprocessing_options=self._barriers("best"),
-            ),
+        best_options = ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=training,
+            best_fn=lambda m: m["test_error"], best_mode="min",
+            multiprocessing_options=self._barriers("best"),
         )
+        try:  # orbax reads every best checkpoint's test error here
+            self.best = ocp.CheckpointManager(workdir / "best", options=best_options)
+        except Exception as e:
+            if not training:
+                self.latest.close()
+                raise CheckpointError(f"Cannot read the best checkpoints in {workdir / 'best'}: "
+                                      f"{_one_line(e)}") from None
+            self._set_aside_unreadable_best(workdir / "best", e)
+            self.best = ocp.CheckpointManager(workdir / "best", options=best_options)
+        self._fingerprinted: tuple[int | None, dict[str, int] | None] = (None, None)
 
     @staticmethod
     def _barriers(prefix: str) -> ocp.options.MultiprocessingOptions:
@@ -75,18 +187,48 @@ class Checkpoints:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         return ocp.args.Composite(**items)
 
+    def _with_fingerprint(self, step: int, state: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        if self._fingerprinted[0] != step:
+            self._fingerprinted = (step, fingerprint(state))
+        return dict(meta, fingerprint=self._fingerprinted[1])
+
     def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False,
              data_iter: Any = None) -> bool:
+        # Every earlier best save completes before a newer checkpoint can: a crash can then lose
+        # at most the best save of the step being resumed, which complete_best() redoes.
+        self.best.wait_until_finished()
+        meta = self._with_fingerprint(step, state, meta)
         return self.latest.save(step, args=self._args(state, meta, data_iter), force=force)
 
-    def save_best(self, step: int, state: Any, meta: dict[str, Any], test_error: float) -> None:
+    def _best_error(self) -> float | None:
         best = self.best.best_step()
-        if best is not None:
+        if best is None:
+            return None
+        try:
             prev = self.best.metrics(best)
-            if prev is not None and test_error >= prev["test_error"]:
-                return
+        except Exception as e:  # damaged metrics: the next best save replaces it
+            log.warning("Cannot read the test error of %s/%d (%s); it will be replaced",
+                        self.best.directory, best, e)
+            return None
+        return None if prev is None else float(prev["test_error"])
+
+    def save_best(self, step: int, state: Any, meta: dict[str, Any], test_error: float) -> None:
+        prev = self._best_error()
+        if prev is not None and test_error >= prev:
+            return
+        meta = self._with_fingerprint(step, state, meta)
         self.best.save(step, args=self._args(state, meta), metrics={"test_error": float(test_error)},
                        force=True)
+
+    def complete_best(self, state: Any, meta: dict[str, Any]) -> None:
+        """Redoes the best save of the restored step if a crash cut it short.
+
+        ``meta`` is the restored checkpoint's: it has a ``test_error`` when that step was evaluated.
+        """
+        step, test_error = meta.get("step"), meta.get("test_error")
+        if step is None or test_error is None or step in self.best.all_steps():
+            return
+        self.save_best(step, state, meta, test_error)
 
     def steps(self, which: str = "latest") -> list[int]:
         mngr = self.latest if which == "latest" else self.best
@@ -104,12 +246,13 @@ class Checkpoints:
         candidates = [step] if step is not None else self.steps(which)
         if not candidates:
             return None
+        _quiet_abandoned_reads()
         skipped = []
         for s in candidates:
             try:
                 meta = mngr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             except Exception as e:  # damaged or partial: fall back to an older one
-                skipped.append((s, f"unreadable metadata ({type(e).__name__}: {str(e)[:200]})"))
+                skipped.append((s, f"unreadable metadata ({_one_line(e)})"))
                 log.warning("Skipping checkpoint %s/%d: %s", mngr.directory, s, skipped[-1][1])
                 continue
             if shapes is not None and meta.get("param_shapes") is not None:
@@ -129,18 +272,55 @@ class Checkpoints:
                     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
                 restored = mngr.restore(s, args=ocp.args.Composite(**items))
             except Exception as e:
-                skipped.append((s, f"unreadable state ({type(e).__name__}: {str(e)[:200]})"))
+                skipped.append((s, f"unreadable state ({_one_line(e)})"))
                 log.warning("Skipping checkpoint %s/%d: %s", mngr.directory, s, skipped[-1][1])
                 continue
+            if meta.get("fingerprint") is not None:
+                got = fingerprint(restored["state"])
+                bad = sorted(k for k in set(got) | set(meta["fingerprint"])
+                             if got.get(k) != meta["fingerprint"].get(k))
+                if bad:
+                    skipped.append((s, f"corrupted data: {len(bad)} array(s) differ from the "
+                                       f"fingerprint saved with them, e.g. {bad[0]}"))
+                    log.warning("Skipping checkpoint %s/%d: %s", mngr.directory, s, skipped[-1][1])
+                    continue
             if skipped:
                 log.warning("Resumed from checkpoint %d after skipping damaged %s",
                             s, ", ".join(str(k) for k, _ in skipped))
+                if self.training and which == "latest" and step is None:
+                    self._set_aside([k for k, _ in skipped])
             return restored["state"], meta
         raise CheckpointError(
             f"No intact checkpoint in {mngr.directory}: "
             + "; ".join(f"step {s}: {why}" for s, why in skipped)
             + ". The damaged ones were left in place; move them away to start afresh."
         )
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames damaged step directories to ``<step>.damaged``: kept for inspection, and out of
+        the way of the resumed run, which saves those steps again."""
+        if jax.process_index() == 0:
+            for s in steps:
+                src = Path(self.latest.directory) / str(s)
+                log.warning("Moved the damaged checkpoint %s to %s", src, _move_aside(src))
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes("dnjax_set_aside_damaged")
+        self.latest.reload()
+
+    @staticmethod
+    def _set_aside_unreadable_best(directory: Path, error: Exception) -> None:
+        if jax.process_index() == 0:
+            for d in sorted(p for p in directory.iterdir() if p.name.isdigit()):
+                try:
+                    json.loads((d / "metrics" / "metrics").read_text())
+                except FileNotFoundError:
+                    continue
+                except Exception:
+                    log.warning("The best checkpoint %s has an unreadable test error (%s); moved it "
+                                "to %s. The run's next evaluations choose a new best.",
+                                d, _one_line(error), _move_aside(d))
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes("dnjax_set_aside_unreadable_best")
 
     def reached_preemption(self, step: int) -> bool:
         return self.latest.reached_preemption(step)

@@ -18,6 +18,7 @@ DATASETS = ("digits", "npz", "cifar10", "cifar100", "svhn_cropped", "imagenet201
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("piecewise", "cosine", "constant")
 DTYPES = ("float32", "bfloat16")
+MAX_STEPS = 2**31 - 1
 NORMALIZATIONS = ("mean_std", "scale")
 
 
@@ -30,8 +31,8 @@ def _fail(field: str, value: Any, valid: str) -> None:
 
 
 def _number(field: str, value: Any, *, low: float, high: float = math.inf, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        _fail(field, value, "it must be a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(field, value, "it must be a finite number")
     ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         lo = "(" if low_open else "["
@@ -130,18 +131,49 @@ class Schedule:
 
 def derive(config: ml_collections.ConfigDict, num_train: int) -> Schedule:
     if num_train < config.batch_size:
+        limit = config.data.train_limit
         raise ConfigError(
             f"config.batch_size={config.batch_size} is larger than the training split "
-            f"({num_train} images); lower it or use more data"
+            f"({num_train} images"
+            + (f", cut to that by config.data.train_limit={limit}" if limit is not None else "")
+            + "); lower it or use more data"
         )
     spe = num_train // config.batch_size
     total = config.num_train_steps if config.num_train_steps > 0 else max(1, round(config.num_epochs * spe))
+    # Steps are int32 inside the jitted step and the learning-rate schedule.
+    if total > MAX_STEPS:
+        field = "num_train_steps" if config.num_train_steps > 0 else "num_epochs"
+        _fail(field, config[field], f"it gives {total} steps, more than the {MAX_STEPS} a run can count")
+    warmup = round(config.optim.warmup_epochs * spe)
+    if warmup > MAX_STEPS:
+        _fail("optim.warmup_epochs", config.optim.warmup_epochs,
+              f"it gives {warmup} warm-up steps, more than the {MAX_STEPS} a run can count")
     every = lambda epochs: max(1, round(epochs * spe))
     return Schedule(
         steps_per_epoch=spe,
         total_steps=total,
         eval_every=every(config.eval_every_epochs),
         checkpoint_every=every(config.checkpoint_every_epochs),
-        warmup_steps=round(config.optim.warmup_epochs * spe),
+        warmup_steps=warmup,
         boundaries=tuple(round(f * total) for f in config.optim.decay_at),
     )
+
+
+def check_model(config: ml_collections.ConfigDict, model, image_shape) -> None:
+    """Traces the model's initialisation on one image of the data (nothing is computed), so that
+    a model that cannot be built for this data fails now, naming the model's fields."""
+    import jax
+    import jax.numpy as jnp
+
+    def init(x):
+        key = jax.random.key(0)
+        return model.init({"params": key, "dropout": key}, x, train=False)
+
+    try:
+        jax.eval_shape(init, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    except Exception as e:
+        fields = ", ".join(f"model.{k}={v!r}" for k, v in model_overrides(config).items())
+        raise ConfigError(
+            f"config.model.name={config.model.name!r} ({fields or 'the zoo defaults'}) cannot be "
+            f"built for {tuple(image_shape)} images: {type(e).__name__}: {e}"
+        ) from None

@@ -175,6 +175,15 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
             "same image shape."
         )
 
+    pad = _field(data_config, "pad", 0)
+    height, width = train.images.shape[1:3]
+    if _field(data_config, "augment", False) and isinstance(pad, int) and pad > min(height, width):
+        raise DataError(
+            f"data.pad={pad} is larger than the {height}x{width} images: the random crops would "
+            f"be mostly padding. Use at most {min(height, width)} (the CIFAR recipe pads 32x32 "
+            "images by 4)."
+        )
+
     num_classes = _num_classes(data_config, fixed_classes, train, name)
     for split, source in ((train, sources[0]), (test, sources[1])):
         _check_label_range(split.labels, num_classes, source)

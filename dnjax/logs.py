@@ -3,7 +3,8 @@
 ``metrics.jsonl`` holds one JSON object per line with a ``type`` (``train``, ``eval``, ``final``,
 ``event``) and a ``step``. Lines are flushed as they are written. On resume the file is first
 cut back to the complete lines at or before the restored step, so a crash never leaves a torn
-last line behind and a resumed run does not log a step twice. Only process 0 writes.
+last line behind and a resumed run does not log a step twice; a run that starts from scratch
+(``resume_step=None``: no checkpoint to resume) starts an empty file. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLog:
-    def __init__(self, workdir: str | os.PathLike, *, resume_step: int, enabled: bool = True,
+    def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None, enabled: bool = True,
                  tensorboard: bool = True):
         self.enabled = enabled
         self.path = Path(workdir) / METRICS_FILE
@@ -61,11 +62,12 @@ class MetricsLog:
 
             # purge_step drops events a crashed run wrote past the step being resumed.
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"),
-                                     purge_step=resume_step + 1 if resume_step else None)
+                                     purge_step=0 if resume_step is None else resume_step + 1)
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int | None) -> None:
         records, torn = read_jsonl(self.path)
-        keep = [r for r in records if int(r.get("step", 0)) <= step and r.get("type") != "final"]
+        keep = [r for r in records
+                if step is not None and int(r.get("step", 0)) <= step and r.get("type") != "final"]
         if keep == records and not torn:
             return
         tmp = self.path.with_suffix(".jsonl.tmp")

@@ -6,6 +6,12 @@
 Run the same command on every host of a TPU pod or every task of a SLURM job: the processes find
 each other through ``jax.distributed``. A rerun with the same workdir resumes from its newest
 checkpoint.
+
+Exit status: 0 finished (or halted by ``halt_after_steps``), 143 preempted by SIGTERM after saving,
+2 a bad config or data set or a non-finite loss, 3 no usable checkpoint, 4 a multi-process run lost
+a process. When one process of a multi-process run dies, the others stop with status 4 as soon as
+a collective fails, or are stopped by ``jax.distributed`` once the dead one has missed heartbeats
+for ``--heartbeat_timeout_seconds``; none waits forever.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,7 +34,16 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100,
+    "Multi-process runs: a process that sends no heartbeat for this long is declared dead, and "
+    "jax.distributed stops the others.",
+)
+flags.register_validator("heartbeat_timeout_seconds", lambda v: v >= 1, "must be at least 1 second")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Exit status of a process whose multi-process run lost another process.
+LOST_PROCESS_EXIT_CODE = 4
 
 
 def _cluster_detected() -> bool:
@@ -38,7 +54,7 @@ def _cluster_detected() -> bool:
 
 
 def initialize_distributed(mode: str, coordinator: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
+                           process_id: int | None, heartbeat_timeout_seconds: int = 100) -> None:
     import jax
 
     if mode == "off" or (mode == "auto" and not coordinator and not _cluster_detected()):
@@ -48,9 +64,10 @@ def initialize_distributed(mode: str, coordinator: str | None, num_processes: in
             raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
         # CPU devices of different processes talk through gloo; GPU/TPU backends ignore this.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id,
+                                   heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     else:
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
 def main(argv):
@@ -59,7 +76,8 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _HEARTBEAT.value)
 
     from dnjax import config_lib, train
     from dnjax.input_pipeline import DataError
@@ -72,6 +90,24 @@ def main(argv):
     except train.checkpointing.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except Exception as e:
+        import jax
+
+        if jax.process_count() == 1:
+            raise
+        # Most likely a collective failed because another process died. Exiting normally would
+        # wait in jax.distributed's shutdown barrier for the dead process.
+        traceback.print_exc()
+        print(
+            f"error: process {jax.process_index()} of {jax.process_count()} stopped: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Another process has "
+            "probably died (see its log). Rerun all processes with the same command to resume "
+            "from the newest checkpoint.",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(LOST_PROCESS_EXIT_CODE)
     if result.status == "preempted":
         return train.PREEMPTED_EXIT_CODE
     if result.status == "halted":

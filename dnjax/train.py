@@ -275,6 +275,7 @@ class Trainer:
         self.sched = config_lib.derive(config, self.info.num_train)
 
         self.model = config_lib.build_model(config, self.info.num_classes)
+        config_lib.check_model(config, self.model, self.info.image_shape)
         self.schedule = make_schedule(config, self.sched)
         self.tx = make_optimizer(config, self.schedule)
         d = config.data
@@ -390,13 +391,14 @@ class Trainer:
         restored = ckpts.restore(abstract_state(state, self.mesh), shapes=shapes, data_iter=data_iter)
         if restored is None:
             return state, False
+        ckpts.complete_best(*restored)
         return restored[0], True
 
     # ---- the loop
 
     def run(self) -> RunResult:
         cfg, sched = self.config, self.sched
-        ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints)
+        ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints, training=True)
         # A streamed input's position is part of the checkpoint; in-memory batches are a pure
         # function of (seed, step) and need nothing saved.
         self.data_iter = iter(self._loader(train=True)) if self.streaming else None
@@ -409,7 +411,8 @@ class Trainer:
         if self.is_main:
             (self.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
         start = int(jax.device_get(state.step))
-        metrics_log = logs.MetricsLog(self.workdir, resume_step=start, enabled=self.is_main)
+        metrics_log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None,
+                                      enabled=self.is_main)
         try:
             if resumed:
                 log.info("Resumed from %s at step %d", self.workdir / "checkpoints", start)
@@ -452,10 +455,14 @@ class Trainer:
                 if step % cfg.log_every_steps == 0 or do_eval or do_ckpt:
                     m = {k: float(v) for k, v in sharding.to_host(metrics).items()}
                     if not math.isfinite(m["loss"]) or not bool(self._all_finite(state.params)):
+                        what = f"training loss ({m['loss']})" if not math.isfinite(m["loss"]) else "parameters"
+                        newest = ckpts.latest.latest_step()
+                        kept = (f"The newest checkpoint (step {newest}) predates it and is kept."
+                                if newest is not None else "No checkpoint was saved before it.")
                         raise NonFiniteLossError(
-                            f"Non-finite training loss ({m['loss']}) at step {step} (epoch {epoch:.2f}); "
-                            f"stopping. The newest checkpoint ({ckpts.latest.latest_step()}) predates it "
-                            "and is kept. Lower --config.optim.learning_rate or check the data."
+                            f"Non-finite {what} at step {step} (epoch {epoch:.2f}; checked every "
+                            f"{cfg.log_every_steps} steps); stopping. {kept} Lower "
+                            "--config.optim.learning_rate or check the data."
                         )
                     now = time.perf_counter()
                     m["img_per_s"] = (step - step_last) * batch / max(now - t_last, 1e-9)
@@ -471,6 +478,8 @@ class Trainer:
                     bar.write(msg) if bar is not None else log.info(msg)
                 if do_ckpt:
                     meta = self.meta(state, epoch)
+                    if do_eval:  # lets a resumed run redo a best save that a crash cut short
+                        meta["test_error"] = last_eval["test_error"]
                     ckpts.save(step, state, meta, force=True, data_iter=self.data_iter)
                     if do_eval:
                         ckpts.save_best(step, state, meta, last_eval["test_error"])

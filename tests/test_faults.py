@@ -1,0 +1,721 @@
+"""Fault injection: crashes at any time, preemption, damaged checkpoints, divergence, bad data,
+torn logs, fuzzed configs and a dead process in a multi-process run.
+
+Run alone with ``python3 -m pytest -m faults``. The subprocess runs share one compilation cache and
+compile with XLA's optimisations off, so each starts in seconds; the whole module takes a few
+minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import runs
+from dnjax import checkpointing, logs, train
+
+pytestmark = pytest.mark.faults
+
+# The tiny config for 60 steps with everything a crash can hit: 89 steps per epoch make a
+# checkpoint every 3 steps and an evaluation (and maybe a best save) every 6; dropout on, so the
+# randomness of every step matters too.
+STEPS = 60
+EVAL_EVERY = 6
+LONG = (
+    f"--config.num_train_steps={STEPS}",
+    "--config.log_every_steps=1",
+    "--config.model.dropout_rate=0.2",
+    "--config.checkpoint_every_epochs=0.0337",
+    "--config.eval_every_epochs=0.0674",
+)
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    r = runs.run_main(workdir, *LONG, cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [54, 57, 60]
+    assert [r["step"] for r in logs.records(workdir, "eval")] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
+    return workdir
+
+
+def _without_times(rec):
+    return {k: v for k, v in rec.items() if k not in ("time", "img_per_s")}
+
+
+def assert_same_run(reference: Path, workdir: Path) -> None:
+    """Final state (parameters, BatchNorm statistics, optimizer state, step), best checkpoint and
+    logged metrics bitwise equal to the reference run's."""
+    for which in ("checkpoints", "best"):
+        steps = sorted(int(p.name) for p in (workdir / which).iterdir() if p.name.isdigit())
+        ref_steps = sorted(int(p.name) for p in (reference / which).iterdir() if p.name.isdigit())
+        assert steps[-1] == ref_steps[-1], which
+        a = runs.flat(runs.load_state(reference, which=which))
+        b = runs.flat(runs.load_state(workdir, which=which))
+        assert a.keys() == b.keys() and len(a) > 100
+        differ = [k for k in a if not np.array_equal(a[k], b[k])]
+        assert not differ, f"{which}: {len(differ)} arrays differ, e.g. {differ[:3]}"
+    recs, torn = logs.read_jsonl(workdir / logs.METRICS_FILE)
+    assert not torn
+    train_steps = [r["step"] for r in recs if r["type"] == "train"]
+    assert train_steps == list(range(1, STEPS + 1)), "each step logged exactly once, in order"
+    for kind in ("train", "eval", "final"):
+        want = [_without_times(r) for r in logs.records(reference, kind)]
+        got = [_without_times(r) for r in recs if r["type"] == kind]
+        assert got == want, kind
+    starts = [r for r in recs if r["type"] == "event" and r["event"] == "started"]
+    assert len(starts) == 1
+    leftovers = [p for d in ("checkpoints", "best") for p in (workdir / d).iterdir() if TMP_MARK in p.name]
+    assert not leftovers, leftovers
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash at any time
+
+
+class _Watcher:
+    """What one launch of the run has done so far, read from its workdir."""
+
+    def __init__(self, workdir: Path, launched: float):
+        self.workdir, self.launched = workdir, launched
+
+    def own_records(self) -> list[dict] | None:
+        """This launch's records (those after its own started/resumed event), or None before it
+        has written that event."""
+        recs, _ = logs.read_jsonl(self.workdir / logs.METRICS_FILE)
+        for i in range(len(recs) - 1, -1, -1):
+            r = recs[i]
+            if r["type"] == "event" and r.get("event") in ("started", "resumed") and r["time"] >= self.launched - 0.01:
+                return recs[i + 1:]
+        return None
+
+    def last_step(self) -> int:
+        recs = self.own_records() or []
+        return max((r["step"] for r in recs if r["type"] == "train"), default=-1)
+
+    def new_tmp_dirs(self, sub: str) -> list[str]:
+        d = self.workdir / sub
+        if not d.exists():
+            return []
+        out = []
+        for p in d.iterdir():
+            try:
+                if TMP_MARK in p.name and p.stat().st_ctime >= self.launched:
+                    out.append(p.name)
+            except FileNotFoundError:  # renamed by the finishing save meanwhile
+                pass
+        return out
+
+
+def _committed_steps(workdir: Path) -> list[int]:
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def _observed_phases(w: _Watcher) -> set[str]:
+    """What the killed launch was doing: its main loop's phase, and the asynchronous checkpoint
+    writes in flight."""
+    recs = w.own_records()
+    if recs is None or not any(r["type"] == "train" for r in recs):
+        return {"startup (restore, compile)"}
+    last = w.last_step()
+    if any(r["type"] == "final" for r in recs):
+        phases = {"after the final record"}
+    elif last % EVAL_EVERY == 0 and not any(r["type"] == "eval" and r["step"] == last for r in recs):
+        phases = {"evaluation"}
+    else:
+        phases = {"training step"}
+    if w.new_tmp_dirs("checkpoints"):
+        phases.add("checkpoint write")
+    if w.new_tmp_dirs("best"):
+        phases.add("best checkpoint write")
+    return phases
+
+
+# The interruptions of one run, in order: where each aims to land. One is a SIGTERM (preemption).
+PLAN = ["startup", "step", "checkpoint", "eval", "best", "preempt", "step",
+        "checkpoint", "eval", "step", "checkpoint"]
+
+
+def test_killed_at_random_points_resumes_bitwise(tmp_path, cache, uninterrupted):
+    rng = random.Random(1597)
+    workdir = tmp_path / "killed"
+    kills, preempted, launches = [], None, 0
+    for i, aim in enumerate(PLAN + [None]):
+        resumed_from = (_committed_steps(workdir) or [0])[-1]
+        target = max(resumed_from + 1, round((i + 1) * (STEPS - 4) / len(PLAN)) + rng.randint(-1, 1))
+        launched = time.time()
+        err_path = tmp_path / f"stderr{i}.txt"
+        with open(err_path, "w") as err:
+            proc = subprocess.Popen(runs.main_cmd(workdir, *LONG, cache=cache), cwd=runs.REPO,
+                                    env=runs.env(1), stdout=subprocess.DEVNULL, stderr=err)
+        launches += 1
+        w = _Watcher(workdir, launched)
+        startup_delay = rng.uniform(0.5, 3.0)
+        fired = False
+        while aim is not None and proc.poll() is None:
+            last = w.last_step()
+            if aim == "startup":  # importing, restoring, or (once the run has logged its
+                # start) compiling the first step
+                fired = time.time() - launched > startup_delay or w.own_records() is not None
+            elif last >= target + 2 * EVAL_EVERY:
+                fired = True  # the aimed-at phase was too quick to catch: stop it anyway
+            elif last >= target:
+                if aim == "step":
+                    time.sleep(rng.uniform(0.0, 0.05))
+                    fired = True
+                elif aim == "eval":
+                    fired = last % EVAL_EVERY == 0
+                elif aim == "checkpoint":
+                    fired = bool(w.new_tmp_dirs("checkpoints"))
+                elif aim == "best":
+                    fired = bool(w.new_tmp_dirs("best"))
+                elif aim == "preempt":
+                    fired = True
+            if fired:
+                break
+            time.sleep(0.002)
+        if aim == "preempt" and fired:
+            sent = time.time()
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=120)
+            took = time.time() - sent
+            text = err_path.read_text()
+            assert rc == train.PREEMPTED_EXIT_CODE, text[-3000:]
+            assert took < 60, took
+            stop = [r for r in logs.records(workdir, "event") if r["event"] == "preempted"][-1]["step"]
+            assert f"Preempted (SIGTERM) at step {stop}: checkpoint saved" in text
+            assert "rerun the same command to resume" in text
+            assert _committed_steps(workdir)[-1] == stop
+            preempted = (stop, took)
+            continue
+        if fired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            kills.append((aim, w.last_step(), sorted(_observed_phases(w))))
+            continue
+        rc = proc.wait(timeout=300)
+        text = err_path.read_text()
+        assert rc == 0, text[-3000:]
+        if aim is not None:  # finished before the aimed-at point: nothing more to interrupt
+            break
+    print(f"\n{len(kills)} kills (aim, last logged step, phases seen):")
+    for k in kills:
+        print("   ", k)
+    assert preempted is not None
+    print(f"preempted at step {preempted[0]}, exited {preempted[1]:.1f}s after SIGTERM; {launches} launches")
+    assert len(kills) >= 10
+    # The launch after the preemption continued from the step it saved.
+    resumed = [r["step"] for r in logs.records(workdir, "event") if r["event"] == "resumed"]
+    assert preempted[0] in resumed
+    phases = {p for _, _, ps in kills for p in ps}
+    assert {"startup (restore, compile)", "training step", "evaluation", "checkpoint write"} <= phases, kills
+    assert_same_run(uninterrupted, workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged checkpoints
+
+
+def _array_data(step_dir: Path) -> Path:
+    """The largest file of the arrays' (compressed) data in a checkpoint."""
+    return sorted((step_dir / "state").glob("ocdbt.process_*/d/*"), key=lambda p: (-p.stat().st_size, p.name))[0]
+
+
+def _truncate(step_dir):
+    f = _array_data(step_dir)
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+
+
+def _delete(step_dir):
+    _array_data(step_dir).unlink()
+
+
+def _garbage(step_dir):
+    f = step_dir / "state" / "_METADATA"
+    f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
+
+
+def _flip_bit(step_dir):
+    """Flips one bit of the arrays' compressed data such that orbax still reads the checkpoint
+    without complaint, but different values: only the fingerprint in the meta can tell."""
+    workdir, step = step_dir.parent.parent, int(step_dir.name)
+    before = runs.flat(runs.load_state(workdir, step))
+    data = _array_data(step_dir)
+    original = data.read_bytes()
+    for frac in (0.25, 0.2, 0.3, 0.15, 0.35, 0.1, 0.4, 0.05, 0.45):
+        flipped = bytearray(original)
+        flipped[int(frac * len(original))] ^= 0x10
+        data.write_bytes(bytes(flipped))
+        try:
+            after = runs.flat(runs.load_state(workdir, step))
+        except Exception:
+            continue
+        if any(not np.array_equal(before[k], after[k]) for k in before):
+            return
+    pytest.fail(f"no bit of {data} changes the restored values without breaking the read")
+
+
+def _snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage_60, damage_57", [(_truncate, _flip_bit), (_delete, _garbage)],
+                         ids=["truncated+bitflip", "deleted+garbage"])
+def test_damaged_newest_checkpoints_are_skipped_and_kept(tmp_path, cache, uninterrupted, damage_60, damage_57):
+    """Checkpoints 60 and 57 are damaged: the run resumes from 54, says why it skipped each, keeps
+    them (renamed ``<step>.damaged``) and ends bitwise where the uninterrupted run ended."""
+    workdir = tmp_path / "w"
+    shutil.copytree(uninterrupted, workdir)
+    ckpts = workdir / "checkpoints"
+    damage_60(ckpts / "60")
+    damage_57(ckpts / "57")
+    damaged = {s: _snapshot(ckpts / str(s)) for s in (57, 60)}
+    r = runs.run_main(workdir, *LONG, cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    skips = [line for line in r.stderr.splitlines() if "Skipping checkpoint" in line]
+    assert len(skips) == 2, r.stderr[-3000:]
+    assert f"{ckpts}/60:" in skips[0] and f"{ckpts}/57:" in skips[1]
+    assert all(("unreadable" in s or "corrupted data" in s) for s in skips)
+    assert "Resumed from checkpoint 54 after skipping damaged 60, 57" in r.stderr
+    assert "Traceback" not in r.stderr
+    # kept, byte for byte, next to the new ones
+    for s, files in damaged.items():
+        assert _snapshot(ckpts / f"{s}.damaged") == files
+    assert sorted(p.name for p in ckpts.iterdir()) == ["54", "57", "57.damaged", "60", "60.damaged"]
+    assert_same_run(uninterrupted, workdir)
+
+
+def test_no_intact_checkpoint_stops_with_a_clear_error(tmp_path, cache, uninterrupted):
+    workdir = tmp_path / "w"
+    shutil.copytree(uninterrupted, workdir)
+    ckpts = workdir / "checkpoints"
+    _truncate(ckpts / "60")
+    _garbage(ckpts / "57")
+    _flip_bit(ckpts / "54")
+    before = _snapshot(workdir)
+    r = runs.run_main(workdir, *LONG, cache=cache)
+    assert r.returncode == 3, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: No intact checkpoint in")
+    for s in (60, 57, 54):
+        assert f"step {s}: " in last
+    assert "corrupted data" in last and "left in place" in last
+    assert "Traceback" not in r.stderr
+    assert _snapshot(workdir) == before  # nothing deleted, moved or rewritten
+
+
+def test_crash_leftovers_and_a_lost_best_save_are_repaired(tmp_path):
+    """In-process: an unfinished save's temporary directory is removed when training restarts (a
+    reader such as evaluate leaves it), and a best save that a crash cut short (the newest
+    checkpoint was committed, its best save was not) is redone from the restored state."""
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.array(6, jnp.int32)}
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts.save_best(3, state, {"step": 3}, test_error=50.0)
+    ckpts.save(3, state, {"step": 3}, force=True)
+    ckpts.save(6, state, {"step": 6, "test_error": 40.0}, force=True)  # its best save is lost
+    ckpts.close()
+    leftover = tmp_path / "checkpoints" / f"9{TMP_MARK}"
+    leftover.mkdir()  # what a kill during a save leaves
+    (tmp_path / "checkpoints" / "5.damaged").mkdir()
+    reader = checkpointing.Checkpoints(tmp_path)
+    assert reader.restore(abstract)[1]["step"] == 6
+    reader.close()
+    assert leftover.exists()
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    restored, meta = ckpts.restore(abstract)
+    assert meta["step"] == 6 and meta["fingerprint"] == checkpointing.fingerprint(state)
+    ckpts.complete_best(restored, meta)
+    ckpts.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "5.damaged", "6"]
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
+    # a worse test error does not displace the best
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts.complete_best(restored, {"step": 9, "test_error": 45.0})
+    ckpts.close()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
+
+
+def test_unreadable_best_checkpoint_is_set_aside_not_fatal(tmp_path):
+    state = {"w": jnp.ones((2, 2))}
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts.save_best(6, state, {"step": 6}, test_error=40.0)
+    ckpts.close()
+    (tmp_path / "best" / "6" / "metrics" / "metrics").write_text("{garbage")
+    with pytest.raises(checkpointing.CheckpointError, match="Cannot read the best checkpoints"):
+        checkpointing.Checkpoints(tmp_path)  # a reader refuses, and changes nothing
+    assert (tmp_path / "best" / "6").exists()
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)  # training goes on
+    ckpts.save_best(9, state, {"step": 9}, test_error=45.0)
+    ckpts.close()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6.damaged", "9"]
+
+
+def test_fingerprint_sees_any_changed_word():
+    x = {"a": jnp.arange(1000, dtype=jnp.float32), "b": jnp.ones((3, 3), jnp.bfloat16),
+         "c": jnp.array([True, False]), "n": jnp.array(7, jnp.int32)}
+    fp = checkpointing.fingerprint(x)
+    assert set(fp) == {"['a']", "['b']", "['c']", "['n']"}
+    assert checkpointing.fingerprint(jax.tree.map(jnp.copy, x)) == fp
+    for i in (0, 1, 511, 999):
+        y = dict(x, a=x["a"].at[i].set(np.nextafter(np.float32(i), np.float32(2000))))
+        assert checkpointing.fingerprint(y)["['a']"] != fp["['a']"], i
+    swapped = dict(x, a=x["a"].at[jnp.array([3, 4])].set(jnp.array([4.0, 3.0])))
+    assert checkpointing.fingerprint(swapped)["['a']"] != fp["['a']"]
+    assert checkpointing.fingerprint(dict(x, b=x["b"].at[1, 1].set(2)))["['b']"] != fp["['b']"]
+    assert checkpointing.fingerprint(dict(x, c=~x["c"]))["['c']"] != fp["['c']"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, cache):
+    """A huge learning rate: the loss is NaN by step 4. Steps are checked whenever one is logged
+    and before every save, so with logging every 5 steps it is still caught at step 4, before that
+    step's checkpoint is written."""
+    workdir = tmp_path / "w"
+    r = runs.run_main(workdir, "--config.num_train_steps=30", "--config.optim.learning_rate=1e4",
+                      "--config.log_every_steps=5", "--config.checkpoint_every_epochs=0.0225",
+                      cache=cache)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Non-finite training loss (nan) at step 4 ")
+    assert "The newest checkpoint (step 2) predates it and is kept" in last
+    assert "learning_rate" in last and "Traceback" not in r.stderr
+    assert _committed_steps(workdir) == [2]
+    state = runs.flat(runs.load_state(workdir))
+    assert all(np.all(np.isfinite(v)) for v in state.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad data
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _good_arrays(n=40, shape=(8, 8, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(image=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+                label=rng.integers(0, 10, n).astype(np.int64))
+
+
+BAD_DATA = {
+    "label out of range": (dict(label=np.r_[np.arange(9), 12]), ["--config.data.num_classes=10"],
+                           ["labels outside [0, 10)", "labels[9] = 12"]),
+    "negative label": (dict(label=np.r_[-1, np.arange(9)]), [], ["labels outside", "labels[0] = -1"]),
+    "float images": (dict(image=np.zeros((10, 8, 8, 3), np.float32)), [], ["images are float32", "uint8"]),
+    "images without channel axis": (dict(image=np.zeros((10, 8, 8), np.uint8)), [],
+                                    ["rank 4", "x[..., None]"]),
+    "empty split": (dict(image=np.zeros((0, 8, 8, 3), np.uint8), label=np.zeros((0,), np.int64)), [],
+                    ["empty"]),
+    "no label array": (dict(label=None), [], ["no array(s) ['label']", "np.savez"]),
+    "one-hot labels": (dict(label=np.eye(10, dtype=np.int64)), [], ["labels have shape (10, 10)"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_npz_data_stops_before_training(tmp_path, case):
+    changes, extra, needles = BAD_DATA[case]
+    arrays = _good_arrays(n=10)
+    arrays.update(changes)
+    if "image" in changes and "label" not in changes:
+        arrays["label"] = arrays["label"][: len(arrays["image"])]
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    bad = _npz(tmp_path / "bad.npz", **arrays)
+    good = _npz(tmp_path / "good.npz", **_good_arrays())
+    workdir = tmp_path / "w"
+    r = runs.run_main(workdir, "--config.data.dataset=npz", f"--config.data.npz_train={bad}",
+                      f"--config.data.npz_test={good}", *extra, timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and bad in last, last
+    for needle in needles:
+        assert needle in last, last
+    assert "Traceback" not in r.stderr
+    assert not workdir.exists()  # stopped before creating anything, let alone compiling
+
+
+def test_padding_larger_than_the_images_is_refused(tmp_path):
+    config = _tiny_config()
+    config.data.pad = 9  # the digits are 8x8
+    with pytest.raises(ValueError, match=r"data.pad=9 is larger than the 8x8 images"):
+        train.Trainer(config, tmp_path / "w")
+    config.data.pad = 8
+    assert train.Trainer(config, tmp_path / "w").config.data.pad == 8
+
+
+def test_train_and_test_images_of_different_shapes(tmp_path):
+    a = _npz(tmp_path / "a.npz", **_good_arrays(shape=(8, 8, 3)))
+    b = _npz(tmp_path / "b.npz", **_good_arrays(shape=(8, 8, 1)))
+    r = runs.run_main(tmp_path / "w", "--config.data.dataset=npz", f"--config.data.npz_train={a}",
+                      f"--config.data.npz_test={b}", timeout=120)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert "(8, 8, 3)" in last and "(8, 8, 1)" in last and "same image shape" in last
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs
+
+
+def test_metrics_log_drops_a_torn_line_and_steps_past_the_checkpoint(tmp_path):
+    path = tmp_path / logs.METRICS_FILE
+    lines = [{"type": "event", "step": 0, "event": "started"}] + [
+        {"type": "train", "step": s, "loss": 1.0 / s} for s in range(1, 8)
+    ] + [{"type": "eval", "step": 6, "test_error": 50.0}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"type": "train", "st')
+    recs, torn = logs.read_jsonl(path)
+    assert torn and len(recs) == 9  # the report reads the complete lines
+    log = logs.MetricsLog(tmp_path, resume_step=5, tensorboard=False)
+    log.write("train", 6, loss=0.5)
+    log.close()
+    recs, torn = logs.read_jsonl(path)
+    assert not torn
+    assert [(r["type"], r["step"]) for r in recs] == [("event", 0)] + [("train", s) for s in range(1, 7)]
+    assert recs[-1]["loss"] == 0.5
+    # no checkpoint to resume: the log starts afresh rather than keeping the crashed start
+    log = logs.MetricsLog(tmp_path, resume_step=None, tensorboard=False)
+    log.write("event", 0, event="started")
+    log.close()
+    assert [r["type"] for r in logs.read_jsonl(path)[0]] == ["event"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Config fuzzing
+
+_floats = st.one_of(
+    st.sampled_from([0.0, -1.0, 1.0, 0.5, 1e-3, 1e30, -1e-9, math.nan, math.inf, -math.inf]),
+    st.floats(-2.0, 2.0, allow_nan=False),
+)
+_ints = st.one_of(st.sampled_from([0, -1, 1, 2, 2**31, -(2**40)]), st.integers(-5, 40))
+_maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731
+
+# field -> values: mostly plausible ones, plus the edges and nonsense a command line can carry.
+FIELDS = {
+    "batch_size": st.one_of(st.sampled_from([8, 16, 32]), _ints, st.just(10**6)),
+    "eval_batch_size": st.one_of(st.sampled_from([16, 64, 500]), _ints),
+    "num_train_steps": st.one_of(st.integers(1, 4), _ints),
+    "num_epochs": _floats,
+    "halt_after_steps": st.one_of(st.just(-1), _ints),
+    "seed": st.one_of(st.integers(0, 5), _ints),
+    "log_every_steps": st.one_of(st.integers(1, 5), _ints),
+    "keep_checkpoints": st.one_of(st.integers(1, 4), _ints),
+    "eval_every_epochs": st.one_of(st.sampled_from([0.5, 1.0]), _floats),
+    "checkpoint_every_epochs": st.one_of(st.sampled_from([0.5, 1.0]), _floats),
+    "dtype": st.sampled_from(["float32", "bfloat16", "float16", "int8", ""]),
+    "optim.name": st.sampled_from(["sgd", "adamw", "adam", "SGD"]),
+    "optim.learning_rate": st.one_of(st.sampled_from([0.1, 0.01]), _floats),
+    "optim.momentum": st.one_of(st.sampled_from([0.9, 0.0]), _floats),
+    "optim.nesterov": st.booleans(),
+    "optim.weight_decay": st.one_of(st.sampled_from([1e-4, 0.0]), _floats),
+    "optim.schedule": st.sampled_from(["piecewise", "cosine", "constant", "linear", ""]),
+    "optim.decay_at": st.lists(st.one_of(st.floats(0.05, 0.95), _floats), max_size=3).map(tuple),
+    "optim.decay_factor": st.one_of(st.just(0.1), _floats),
+    "optim.warmup_epochs": st.one_of(st.just(0.0), _floats),
+    "optim.warmup_factor": st.one_of(st.just(0.1), _floats),
+    "model.name": st.sampled_from(["densenet_bc_tiny", "densenet_tiny", "densenet_cifar", "resnet20",
+                                   "resnet_cifar", "vgg11", "densenet_bc_7", "resnet"]),
+    "model.depth": _maybe(st.sampled_from([4, 7, 10, 13, 16, 20, 22, 0, -4, 11])),
+    "model.growth_rate": _maybe(st.one_of(st.integers(1, 12), _ints)),
+    "model.compression": _maybe(st.one_of(st.sampled_from([0.5, 1.0]), _floats)),
+    "model.bn_size": _maybe(st.one_of(st.integers(1, 4), _ints)),
+    "model.num_init_features": _maybe(st.one_of(st.integers(1, 24), _ints)),
+    "model.dropout_rate": _maybe(st.one_of(st.sampled_from([0.0, 0.2]), _floats)),
+    "model.bottleneck": _maybe(st.booleans()),
+    "model.activation": _maybe(st.sampled_from(["pre", "post", "mid"])),
+    "model.dropout_placement": _maybe(st.sampled_from(["torch", "torchvision", "keras"])),
+    "model.memory_efficient": _maybe(st.booleans()),
+    "data.dataset": st.sampled_from(["digits", "digits", "digits", "npz", "mnist"]),
+    "data.pad": st.one_of(st.integers(0, 4), _ints),
+    "data.normalization": st.sampled_from(["mean_std", "scale", "minmax"]),
+    "data.num_classes": _maybe(st.sampled_from([10, 12, 1, 0, -3, 9])),
+    "data.augment": st.booleans(),
+    "data.flip": st.booleans(),
+    "data.train_limit": _maybe(st.sampled_from([100, 1, 0, -5, 10**9])),
+    "data.test_limit": _maybe(st.sampled_from([50, 1, 0, -5])),
+}
+
+overrides_strategy = st.dictionaries(st.sampled_from(sorted(FIELDS)), st.just(None), min_size=1,
+                                     max_size=5).flatmap(
+    lambda keys: st.fixed_dictionaries({k: FIELDS[k] for k in keys}))
+
+
+def _tiny_config():
+    import tiny_config
+
+    c = tiny_config.get_config()
+    c.compilation_cache_dir = ""
+    return c
+
+
+def _apply(config, overrides) -> None:
+    for field, value in overrides.items():
+        *parents, leaf = field.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+
+
+# Errors that rightly name the field an override makes necessary rather than the override itself.
+NEEDS = {"data.dataset": ("data.npz_train",)}
+
+
+def _fails_fast(error: Exception, overrides: dict) -> bool:
+    """The error names one of the overridden fields: by its dotted name; the model's fields may be
+    named by the model builder under their own names, and ml_collections' type errors quote the
+    last part of the name."""
+    text = str(error)
+    for field in overrides:
+        leaf = field.split(".")[-1]
+        names = (field, *NEEDS.get(field, ()))
+        if any(n in text for n in names) or f"'{leaf}'" in text:
+            return True
+        if field.startswith("model.") and leaf != "name" and leaf in text:
+            return True
+    return False
+
+
+def _start_abstractly(trainer):
+    """Everything a run compiles, traced without compiling or running: the state's creation and
+    one train step."""
+    state = jax.eval_shape(trainer.init_state)
+    n, batch = trainer.info.num_train, trainer.config.batch_size
+    images = jax.ShapeDtypeStruct((n, *trainer.info.image_shape), jnp.uint8, sharding=trainer.replicated)
+    labels = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=trainer.replicated)
+    idx = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=trainer.batch_sharding)
+    new_state, metrics = jax.eval_shape(trainer._train_step, train.abstract_state(state, trainer.mesh),
+                                        images, labels, idx)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert metrics["loss"].shape == ()
+
+
+def _cli(field, value) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, tuple):
+        return f"--config.{field}=({','.join(repr(v) for v in value)}{',' if len(value) == 1 else ''})"
+    return f"--config.{field}={value}"
+
+
+def test_fuzzed_configs_start_or_fail_fast_naming_a_field(tmp_path, cache, fast_compile):
+    """Random overrides of many fields, in-process: each config either builds a trainer whose
+    state creation and train step trace (everything a run compiles), or is refused with a
+    ValueError (ConfigError, DataError) that names an overridden field. Then a few of the valid
+    ones run for two steps through the command line."""
+    outcomes = {"started": [], "refused": []}
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(overrides_strategy)
+    def check(overrides):
+        config = _tiny_config()
+        try:
+            _apply(config, overrides)
+        except TypeError as e:  # ml_collections refuses a value of the wrong type, naming the field
+            assert _fails_fast(e, overrides), (overrides, e)
+            outcomes["refused"].append(overrides)
+            return
+        try:
+            trainer = train.Trainer(config, tmp_path / "w")
+        except ValueError as e:  # ConfigError and DataError are ValueErrors
+            assert _fails_fast(e, overrides), (overrides, e)
+            outcomes["refused"].append(overrides)
+            return
+        _start_abstractly(trainer)  # anything raised here is a failure deep inside JAX
+        outcomes["started"].append(overrides)
+
+    check()
+    started, refused = outcomes["started"], outcomes["refused"]
+    print(f"\nfuzzed configs: {len(started) + len(refused)} examples, {len(started)} start, "
+          f"{len(refused)} refused")
+    assert len(started) + len(refused) >= 200
+    assert len(started) >= 20 and len(refused) >= 50
+    assert not (tmp_path / "w").exists()
+
+    # Through the command line: the valid configs with the most overrides, for two steps.
+    skip = {"num_train_steps", "halt_after_steps", "num_epochs", "data.train_limit"}
+    candidates = []
+    for o in started:
+        args = [_cli(k, v) for k, v in o.items() if k not in skip and v is not None]
+        if None not in args and len(args) >= 3 and o.get("eval_batch_size", 0) <= 4096:
+            candidates.append(args)
+    candidates.sort(key=len, reverse=True)
+    assert len(candidates) >= 2
+    for i, args in enumerate(candidates[:2]):
+        r = runs.run_main(tmp_path / f"cli{i}", *args, "--config.num_train_steps=2", cache=cache,
+                          timeout=300)
+        if r.returncode == 2:  # a valid config may still diverge, and must say so
+            assert "Non-finite" in r.stderr.strip().splitlines()[-1], (args, r.stderr[-2000:])
+        else:
+            assert r.returncode == 0 and "Finished 2 steps" in r.stdout, (args, r.stderr[-3000:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-process
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_survivor_of_a_dead_process_exits_in_bounded_time(tmp_path, cache, how):
+    """Two processes; process 1 is SIGKILLed (its sockets close: the next collective fails) or
+    SIGSTOPped (it hangs: only the missed heartbeats tell). Process 0 must exit with an error in
+    bounded time either way."""
+    port = runs.free_port()
+    workdir = tmp_path / "mp"
+    errs = [open(tmp_path / f"p{i}.txt", "w") for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            runs.main_cmd(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                          f"--process_id={i}", "--heartbeat_timeout_seconds=10",
+                          "--config.num_train_steps=100000", "--config.log_every_steps=1", cache=cache),
+            cwd=runs.REPO, env=runs.env(1), stdout=subprocess.DEVNULL, stderr=errs[i],
+        )
+        for i in range(2)
+    ]
+    try:
+        deadline = time.time() + 240
+        while len(list(logs.records(workdir, "train"))) < 3:
+            assert time.time() < deadline and all(p.poll() is None for p in procs), "no progress"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        hit = time.time()
+        rc = procs[0].wait(timeout=120)
+        took = time.time() - hit
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in errs:
+            f.close()
+    text = (tmp_path / "p0.txt").read_text()
+    print(f"\nprocess 1 {how}: process 0 exited with {rc} after {took:.1f}s")
+    assert rc != 0
+    if how == "killed":
+        assert rc == 4, text[-3000:]
+        last = text.strip().splitlines()[-1]
+        assert last.startswith("error: process 0 of 2 stopped") and "Another process has probably died" in last
+        assert took < 30
+    else:  # jax.distributed stops it once process 1 has missed heartbeats for 10 s
+        assert "another task died" in text or "heartbeat" in text, text[-3000:]
+        assert took < 60
