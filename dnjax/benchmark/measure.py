@@ -4,7 +4,8 @@ The JAX step is the trainer's own (``train.train_step_on_batch`` with the traine
 state), jitted with the state donated, fed a synthetic batch of the config's image shape. What is
 measured:
 
-* compile time: ``lower`` + ``compile`` of that step;
+* compile time: ``compile`` of that step (a persistent-cache hit when the cache is on), and
+  separately the time to trace it (``lower``);
 * FLOPs per image: the model's forward pass (2 x MACs, counted on the module) and the whole train
   step as XLA's cost analysis counts it (forward, backward, recompute, optimizer);
 * memory: ``temp_size_in_bytes`` of the compiled step, the activations and scratch it needs on top
@@ -81,7 +82,8 @@ class Measurement:
     step_ms_min: float | None = None
     cpu_ms: float | None = None  # median CPU time of a step, all threads of the process
     step_ms_all: list[float] = dataclasses.field(default_factory=list)
-    compile_s: float | None = None
+    lower_s: float | None = None  # tracing the step to HLO
+    compile_s: float | None = None  # XLA compilation (a persistent-cache hit: loading it)
     model_gflops_per_img: float | None = None  # forward pass, 2 x MACs
     step_gflops_per_img: float | None = None  # the whole train step, as XLA counts it
     temp_mib: float | None = None  # compiled step's temporaries (JAX)
@@ -155,8 +157,10 @@ def jax_step(config: ml_collections.ConfigDict, *, compile_only: bool = False) -
         y = sharding.global_array(rng.integers(0, num_classes(config), batch, dtype=np.int32), bat)
 
     t0 = time.perf_counter()
-    compiled = step.lower(state, x, y).compile()
-    compile_s = time.perf_counter() - t0
+    lowered = step.lower(state, x, y)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t1
 
     variables = summary.abstract_variables(model, shape)
     cost = compiled.cost_analysis()
@@ -168,6 +172,7 @@ def jax_step(config: ml_collections.ConfigDict, *, compile_only: bool = False) -
         batch=batch,
         dtype=config.dtype,
         memory_efficient=bool(getattr(model, "memory_efficient", False)),
+        lower_s=t1 - t0,
         compile_s=compile_s,
         model_gflops_per_img=2 * summary.count_macs(model, shape, variables) / 1e9,
         step_gflops_per_img=float(cost.get("flops", 0.0)) / batch / 1e9 if cost else None,

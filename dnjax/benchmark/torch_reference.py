@@ -183,7 +183,7 @@ class PreActBlock(nn.Module):
             extra = self.cout - s.shape[1]
             shortcut = F.pad(s, (0, 0, 0, 0, extra // 2, extra - extra // 2))
         y = preact
-        for i, m in enumerate(self.body):
+        for m in self.body:
             y = F.relu(m(y)) if isinstance(m, nn.BatchNorm2d) else m(y)
         return shortcut + y
 

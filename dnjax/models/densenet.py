@@ -9,10 +9,14 @@ The pre-activation composite function (BN-ReLU-Conv) is the paper's and the defa
 post-activation one (Conv-BN-ReLU) exists for the ablation and is a separate pair of classes
 (:class:`PostActDenseLayer`, :class:`PostActTransition`), chosen by ``activation='post'``.
 
-``memory_efficient=True`` wraps each layer in ``nn.remat``: the concatenation, BatchNorm, ReLU and
-1x1 convolution are recomputed in the backward pass instead of being stored, which makes feature
-memory linear in depth. Recomputation is functional, so BatchNorm running statistics are updated
-once per step, by the forward pass only.
+``memory_efficient=True`` makes feature memory linear in depth: a layer keeps nothing of the
+width of its input for the backward pass. In a bottleneck layer the concatenation, BatchNorm,
+ReLU and 1x1 convolution are one function with a hand-written backward pass
+(:func:`bn_relu_conv`) that keeps only references to the earlier features and recomputes the
+normalised input there, and so are the second BatchNorm, ReLU and 3x3 convolution, which keep
+only the 4k-channel bottleneck; no convolution runs twice. Other layers are wrapped in
+``nn.remat``. Recomputation is functional, so BatchNorm running statistics are updated once per
+step, by the forward pass only.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import math
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 from dnjax.models import common
 from dnjax.models.common import ModuleDef
@@ -34,6 +40,74 @@ STEMS = ("cifar", "imagenet")
 
 def _concat(features: Sequence[jnp.ndarray]) -> jnp.ndarray:
     return features[0] if len(features) == 1 else jnp.concatenate(features, axis=-1)
+
+
+def _bn_relu(x: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, dtype: Any) -> jnp.ndarray:
+    return jnp.maximum(x.astype(jnp.float32) * a + b, 0.0).astype(dtype)
+
+
+def conv1x1(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """A 1x1 convolution with a (1, 1, C_in, C_out) kernel, as a matrix product."""
+    k = kernel.reshape(kernel.shape[-2:])
+    return (x.reshape(-1, x.shape[-1]) @ k).reshape(*x.shape[:-1], k.shape[-1])
+
+
+def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def bn_relu_conv(conv, features, a, b, kernel):
+    """conv(relu(concat(features) * a + b), kernel), keeping only its inputs for the backward pass.
+
+    ``a`` and ``b`` are the per-channel coefficients of a BatchNorm. The residuals are the
+    features themselves (kept anyway: later layers read them) and the small coefficients; the
+    normalised input is rebuilt in the backward pass, the convolution does not run twice.
+    """
+    return conv(_bn_relu(_concat(features), a, b, kernel.dtype), kernel)
+
+
+def _bn_relu_conv_fwd(conv, features, a, b, kernel):
+    return bn_relu_conv(conv, features, a, b, kernel), (features, a, b, kernel)
+
+
+def _bn_relu_conv_bwd(conv, residuals, g):
+    features, a, b, kernel = residuals
+    # The rebuilt input must depend on the incoming gradient: otherwise XLA is free to compute it
+    # in the forward pass (its CPU pipeline drops optimisation barriers before scheduling) and to
+    # keep a full-width copy per layer alive until the backward pass, the memory this function
+    # exists to save. Adding 0 * g[0] to each feature (not to their concatenation, which XLA would
+    # then share with the forward pass) changes no value that is not already NaN.
+    tie = 0.0 * g.reshape(-1)[0].astype(jnp.float32)
+    x = _concat([f.astype(jnp.float32) + tie for f in features])
+    z = x * a + b
+    active = z > 0
+    h = jnp.where(active, z, 0.0).astype(kernel.dtype)
+    _, conv_vjp = jax.vjp(conv, h, kernel)
+    dh, dkernel = conv_vjp(g)
+    dz = jnp.where(active, dh.astype(jnp.float32), 0.0)
+    axes = tuple(range(x.ndim - 1))
+    da, db = jnp.sum(dz * x, axes), jnp.sum(dz, axes)
+    dx = dz * a
+    dfeatures, start = [], 0
+    for f in features:
+        dfeatures.append(dx[..., start:start + f.shape[-1]].astype(f.dtype))
+        start += f.shape[-1]
+    return type(features)(dfeatures), da, db, dkernel
+
+
+bn_relu_conv.defvjp(_bn_relu_conv_fwd, _bn_relu_conv_bwd)
+
+
+class _Kernel(nn.Module):
+    """A convolution kernel (H, W, C_in, C_out) under the name and initialisation nn.Conv uses."""
+
+    shape: tuple[int, int, int, int]
+
+    @nn.compact
+    def __call__(self) -> jnp.ndarray:
+        return self.param("kernel", common.conv_kernel_init, self.shape, jnp.float32)
 
 
 class DenseLayer(nn.Module):
@@ -51,21 +125,43 @@ class DenseLayer(nn.Module):
     norm: ModuleDef
     dropout_rate: float = 0.0
     dropout_placement: str = "torch"
+    memory_efficient: bool = False
 
     @nn.compact
     def __call__(self, features: Sequence[jnp.ndarray], train: bool) -> jnp.ndarray:
-        x = _concat(features)
+        if self.bottleneck and self.memory_efficient:
+            return self._memory_efficient(tuple(features), train)
         if self.bottleneck:
-            x = nn.relu(self.norm(name="norm1")(x))
+            x = nn.relu(self.norm(name="norm1")(_concat(features)))
             x = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
             if self.dropout_placement == "torch":
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = nn.relu(self.norm(name="norm2")(x))
             x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv2")(x)
         else:
-            x = nn.relu(self.norm(name="norm1")(x))
+            x = nn.relu(self.norm(name="norm1")(_concat(features)))
             x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv1")(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+    def _memory_efficient(self, features: tuple[jnp.ndarray, ...], train: bool) -> jnp.ndarray:
+        """The bottleneck layer keeping only its 4k-channel bottleneck for the backward pass: both
+        BN-ReLU-conv units rebuild their input there (see :func:`bn_relu_conv`)."""
+        dtype = _compute_dtype(self.conv)
+        width = self.bn_size * self.growth_rate
+        cin = sum(f.shape[-1] for f in features)
+        a, b = self.norm(name="norm1")(features, coefficients=True)
+        kernel = _Kernel((1, 1, cin, width), name="conv1")().astype(dtype)
+        x = bn_relu_conv(conv1x1, features, a, b, kernel)
+        if self.dropout_placement == "torch":
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        a, b = self.norm(name="norm2")(x, coefficients=True)
+        kernel = _Kernel((3, 3, width, self.growth_rate), name="conv2")().astype(dtype)
+        x = bn_relu_conv(conv3x3, (x,), a, b, kernel)
+        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+
+def _compute_dtype(conv: ModuleDef) -> Any:
+    return getattr(conv, "keywords", {}).get("dtype") or jnp.float32
 
 
 class PostActDenseLayer(nn.Module):
@@ -191,11 +287,15 @@ class DenseNet(nn.Module):
         dtype = common.resolve_dtype(self.dtype)
         conv, norm = common.conv_and_norm(train, dtype)
         layer_cls, transition_cls = _LAYER_CLASSES[self.activation]
-        if self.memory_efficient:
+        extra = {}
+        if self.memory_efficient and self.bottleneck and layer_cls is DenseLayer:
+            extra = {"memory_efficient": True}  # rebuilds its own inputs, see bn_relu_conv
+        elif self.memory_efficient:
             # argnums count self as 0: features=1, train=2 (a Python bool, so it must be static).
             layer_cls = nn.remat(layer_cls, static_argnums=(2,))
         layer = functools.partial(
             layer_cls,
+            **extra,
             growth_rate=self.growth_rate,
             bottleneck=self.bottleneck,
             bn_size=self.bn_size,

@@ -1,0 +1,100 @@
+"""Train-step benchmark of any config, optionally beside the PyTorch reference of the same network.
+
+    python -m dnjax.benchmark --config=configs/cifar_densenet.py --config.batch_size=64 \
+        [--config.model.memory_efficient=True] [--config.dtype=bfloat16] \
+        [--torch] [--steps=10] [--json=out.json]
+
+Prints one row per framework: throughput (median of the timed steps; the fastest step beside it),
+compile time, FLOPs per image, the compiled step's temporary memory, the device and the date.
+With ``--torch`` the two steps alternate, so the ratio holds on a machine shared with other work.
+The inputs are synthetic, of the config's image shape; no data set is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar_densenet.py")
+_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference (needs the torch extra).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per framework.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per framework before timing.")
+_JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")
+_CHANNELS_LAST = flags.DEFINE_bool("channels_last", True, "PyTorch in channels_last memory format.")
+_CACHE = flags.DEFINE_bool(
+    "compilation_cache", False,
+    "Use the config's persistent compilation cache (compile time then measures a cache hit).",
+)
+flags.mark_flags_as_required(["config"])
+
+COLUMNS = (
+    ("framework", "framework", "{}"),
+    ("model", "model", "{}"),
+    ("batch", "batch", "{}"),
+    ("dtype", "dtype", "{}"),
+    ("mem-eff", "memory_efficient", "{}"),
+    ("img/s", "img_per_s", "{:.1f}"),
+    ("step ms", "step_ms", "{:.0f}"),
+    ("min ms", "step_ms_min", "{:.0f}"),
+    ("trace s", "lower_s", "{:.1f}"),
+    ("compile s", "compile_s", "{:.1f}"),
+    ("GFLOPs/img fwd", "model_gflops_per_img", "{:.3f}"),
+    ("GFLOPs/img step", "step_gflops_per_img", "{:.3f}"),
+    ("temp MiB", "temp_mib", "{:.0f}"),
+    ("peak MiB", "peak_mib", "{:.0f}"),
+    ("device", "device", "{}"),
+    ("date", "date", "{}"),
+)
+
+
+def format_table(rows) -> str:
+    cells = [[h for h, _, _ in COLUMNS]]
+    for r in rows:
+        d = dataclasses.asdict(r)
+        cells.append(["-" if d[k] is None else f.format(d[k]) for _, k, f in COLUMNS])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def ratios(rows) -> dict[str, float]:
+    """JAX over PyTorch throughput, from the median and from the fastest step."""
+    if len(rows) < 2 or not rows[1].img_per_s:
+        return {}
+    jax_row, torch_row = rows[0], rows[1]
+    return {
+        "median": jax_row.img_per_s / torch_row.img_per_s,
+        "fastest": torch_row.step_ms_min / jax_row.step_ms_min,
+    }
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from dnjax import train
+    from dnjax.benchmark import measure
+
+    config = _CONFIG.value
+    if _CACHE.value:
+        train.setup_compilation_cache(config)
+    rows = measure.benchmark(
+        config, steps=_STEPS.value, warmup=_WARMUP.value, with_torch=_TORCH.value,
+        channels_last=_CHANNELS_LAST.value,
+    )
+    print(format_table(rows))
+    r = ratios(rows)
+    if r:
+        print(f"dnjax / {rows[1].framework} throughput: {r['median']:.2f}x (median step), "
+              f"{r['fastest']:.2f}x (fastest step)")
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump({"rows": [dataclasses.asdict(x) for x in rows], "ratio": r,
+                       "config": config.to_dict()}, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

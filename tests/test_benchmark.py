@@ -1,0 +1,76 @@
+"""The benchmark command on a tiny network, and the PyTorch reference's architecture (when torch is
+installed): a smoke of the tools, not a timing. Nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnjax.models import get_model, summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_command_writes_positive_figures(tmp_path, cache):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, "-m", "dnjax.benchmark", "--config=configs/cifar_densenet.py",
+        "--config.model.name=densenet_bc_tiny", "--config.batch_size=4",
+        f"--config.compilation_cache_dir={cache}", "--compilation_cache",
+        "--steps=2", "--warmup=1", f"--json={out}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "densenet_bc_tiny" in proc.stdout and "img/s" in proc.stdout
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["framework"] == "jax" and row["batch"] == 4
+    assert row["img_per_s"] > 0 and row["step_ms"] > 0 and len(row["step_ms_all"]) == 2
+    assert row["model_gflops_per_img"] > 0
+    # The train step (forward, backward, update) costs more than the forward pass it contains.
+    assert row["step_gflops_per_img"] > 2 * row["model_gflops_per_img"]
+    assert row["temp_mib"] > 0 and row["compile_s"] >= 0
+    assert row["params"] == summary.count_params(
+        summary.abstract_variables(get_model("densenet_bc_tiny"), (32, 32, 3))
+    )
+    assert row["device"].startswith(("cpu", "gpu", "tpu", "cuda")) and row["date"]
+
+
+def test_memory_study_compiles_both_modes(fast_compile):
+    from dnjax.benchmark import memory
+
+    rows = memory.study([(10, 4)], batch=2, timed=set(), steps=1, log=lambda s: None)
+    assert [r["mode"] for r in rows] == ["naive", "efficient"]
+    assert all(r["temp_mib"] > 0 and r["params"] > 0 for r in rows)
+    assert rows[0]["params"] == rows[1]["params"]
+    assert "DenseNet-BC-10 k=4" in memory.table(rows)
+
+
+@pytest.mark.parametrize(
+    "name", ["densenet_bc_tiny", "densenet_tiny", "densenet_bc100_k12", "preact_resnet_tiny",
+             "preact_resnet164"]
+)
+def test_torch_reference_has_the_same_parameter_count(name):
+    torch_reference = pytest.importorskip("dnjax.benchmark.torch_reference")
+    model = get_model(name)
+    expected = summary.count_params(summary.abstract_variables(model, (32, 32, 3)))
+    assert torch_reference.count_params(torch_reference.from_flax(model)) == expected
+    if name == "densenet_bc100_k12":
+        assert expected == 769_162
+
+
+def test_torch_reference_trains_one_step():
+    pytest.importorskip("torch")
+    from configs import cifar_densenet
+    from dnjax.benchmark import measure
+
+    c = cifar_densenet.get_config()
+    c.model.name = "densenet_bc_tiny"
+    c.batch_size = 2
+    step = measure.torch_step(c)
+    step.run()
+    assert step.measurement.params == 5_466
