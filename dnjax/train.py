@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn

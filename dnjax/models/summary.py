@@ -14,7 +14,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def abstract_variables(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1) -> Any:
@@ -84,5 +83,3 @@ def human(n: float) -> str:
             return f"{n / scale:.3g}{unit}" if n / scale < 100 else f"{n / scale:.1f}{unit}"
     return str(int(n))
 
-
-__all__ = ["abstract_variables", "count_params", "count_macs", "describe", "human", "np"]
