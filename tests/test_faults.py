@@ -231,19 +231,41 @@ def test_killed_at_random_points_resumes_bitwise(tmp_path, cache, uninterrupted)
 # Damaged checkpoints
 
 
-def _array_data(step_dir: Path) -> Path:
-    """The largest file of the arrays' (compressed) data in a checkpoint."""
-    return sorted((step_dir / "state").glob("ocdbt.process_*/d/*"), key=lambda p: (-p.stat().st_size, p.name))[0]
+def _data_files(step_dir: Path) -> list[Path]:
+    """The files of the arrays' (compressed) data and B-tree nodes in a checkpoint, largest first.
+    Not every one is read on restore: older B-tree versions stay behind as unreferenced files."""
+    return sorted((step_dir / "state").glob("ocdbt.process_*/d/*"), key=lambda p: (-p.stat().st_size, p.name))
+
+
+def _restore_breaks(step_dir: Path) -> bool:
+    try:
+        runs.load_state(step_dir.parent.parent, int(step_dir.name))
+    except Exception:
+        return True
+    return False
+
+
+def _damage_a_read_file(step_dir: Path, damage) -> None:
+    """Applies ``damage`` to the largest data file that the restore really reads (so the damage
+    cannot land on an unreferenced file and go unnoticed by chance)."""
+    for f in _data_files(step_dir):
+        original = f.read_bytes()
+        damage(f)
+        if _restore_breaks(step_dir):
+            return
+        f.write_bytes(original)
+    pytest.fail(f"no data file of {step_dir} breaks the restore when damaged")
 
 
 def _truncate(step_dir):
-    f = _array_data(step_dir)
-    with open(f, "r+b") as fh:
-        fh.truncate(f.stat().st_size // 2)
+    def cut(f):
+        with open(f, "r+b") as fh:
+            fh.truncate(f.stat().st_size // 2)
+    _damage_a_read_file(step_dir, cut)
 
 
 def _delete(step_dir):
-    _array_data(step_dir).unlink()
+    _damage_a_read_file(step_dir, Path.unlink)
 
 
 def _garbage(step_dir):
@@ -256,7 +278,13 @@ def _flip_bit(step_dir):
     without complaint, but different values: only the fingerprint in the meta can tell."""
     workdir, step = step_dir.parent.parent, int(step_dir.name)
     before = runs.flat(runs.load_state(workdir, step))
-    data = _array_data(step_dir)
+    for data in _data_files(step_dir):
+        if _flip_changes_values(workdir, step, before, data):
+            return
+    pytest.fail(f"no bit of the data files of {step_dir} changes the restored values without breaking the read")
+
+
+def _flip_changes_values(workdir, step, before, data) -> bool:
     original = data.read_bytes()
     for frac in (0.25, 0.2, 0.3, 0.15, 0.35, 0.1, 0.4, 0.05, 0.45):
         flipped = bytearray(original)
@@ -267,8 +295,9 @@ def _flip_bit(step_dir):
         except Exception:
             continue
         if any(not np.array_equal(before[k], after[k]) for k in before):
-            return
-    pytest.fail(f"no bit of {data} changes the restored values without breaking the read")
+            return True
+    data.write_bytes(original)
+    return False
 
 
 def _snapshot(d: Path) -> dict:
