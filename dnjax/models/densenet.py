@@ -9,14 +9,13 @@ The pre-activation composite function (BN-ReLU-Conv) is the paper's and the defa
 post-activation one (Conv-BN-ReLU) exists for the ablation and is a separate pair of classes
 (:class:`PostActDenseLayer`, :class:`PostActTransition`), chosen by ``activation='post'``.
 
-``memory_efficient=True`` makes feature memory linear in depth: a layer keeps nothing of the
-width of its input for the backward pass. In a bottleneck layer the concatenation, BatchNorm,
-ReLU and 1x1 convolution are one function with a hand-written backward pass
-(:func:`bn_relu_conv`) that keeps only references to the earlier features and recomputes the
-normalised input there, and so are the second BatchNorm, ReLU and 3x3 convolution, which keep
-only the 4k-channel bottleneck; no convolution runs twice. Other layers are wrapped in
-``nn.remat``. Recomputation is functional, so BatchNorm running statistics are updated once per
-step, by the forward pass only.
+``memory_efficient=True`` makes feature memory linear in depth. Dense blocks of pre-activation
+bottleneck layers (DenseNet-B/-BC) become :class:`EfficientDenseBlock`: a preallocated buffer of
+the block's channels that the layers write into, a hand-written backward pass that rebuilds the
+normalised inputs instead of keeping them and accumulates input gradients in place (see
+:mod:`dnjax.models.efficient_block`); no convolution runs twice. Other layers are wrapped in
+``nn.remat``. The parameters and BatchNorm statistics are the same variables in both modes, and
+running statistics are updated once per step.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dnjax.models import common
+from dnjax.models import common, efficient_block
 from dnjax.models.common import ModuleDef
 
 DROPOUT_PLACEMENTS = ("torch", "torchvision")
@@ -40,64 +39,6 @@ STEMS = ("cifar", "imagenet")
 
 def _concat(features: Sequence[jnp.ndarray]) -> jnp.ndarray:
     return features[0] if len(features) == 1 else jnp.concatenate(features, axis=-1)
-
-
-def _bn_relu(x: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, dtype: Any) -> jnp.ndarray:
-    return jnp.maximum(x.astype(jnp.float32) * a + b, 0.0).astype(dtype)
-
-
-def conv1x1(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """A 1x1 convolution with a (1, 1, C_in, C_out) kernel, as a matrix product."""
-    k = kernel.reshape(kernel.shape[-2:])
-    return (x.reshape(-1, x.shape[-1]) @ k).reshape(*x.shape[:-1], k.shape[-1])
-
-
-def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def bn_relu_conv(conv, features, a, b, kernel):
-    """conv(relu(concat(features) * a + b), kernel), keeping only its inputs for the backward pass.
-
-    ``a`` and ``b`` are the per-channel coefficients of a BatchNorm. The residuals are the
-    features themselves (kept anyway: later layers read them) and the small coefficients; the
-    normalised input is rebuilt in the backward pass, the convolution does not run twice.
-    """
-    return conv(_bn_relu(_concat(features), a, b, kernel.dtype), kernel)
-
-
-def _bn_relu_conv_fwd(conv, features, a, b, kernel):
-    return bn_relu_conv(conv, features, a, b, kernel), (features, a, b, kernel)
-
-
-def _bn_relu_conv_bwd(conv, residuals, g):
-    features, a, b, kernel = residuals
-    # The rebuilt input must depend on the incoming gradient: otherwise XLA is free to compute it
-    # in the forward pass (its CPU pipeline drops optimisation barriers before scheduling) and to
-    # keep a full-width copy per layer alive until the backward pass, the memory this function
-    # exists to save. Adding 0 * g[0] to each feature (not to their concatenation, which XLA would
-    # then share with the forward pass) changes no value that is not already NaN.
-    tie = 0.0 * g.reshape(-1)[0].astype(jnp.float32)
-    x = _concat([f.astype(jnp.float32) + tie for f in features])
-    z = x * a + b
-    active = z > 0
-    h = jnp.where(active, z, 0.0).astype(kernel.dtype)
-    _, conv_vjp = jax.vjp(conv, h, kernel)
-    dh, dkernel = conv_vjp(g)
-    dz = jnp.where(active, dh.astype(jnp.float32), 0.0)
-    axes = tuple(range(x.ndim - 1))
-    da, db = jnp.sum(dz * x, axes), jnp.sum(dz, axes)
-    dx = dz * a
-    dfeatures, start = [], 0
-    for f in features:
-        dfeatures.append(dx[..., start:start + f.shape[-1]].astype(f.dtype))
-        start += f.shape[-1]
-    return type(features)(dfeatures), da, db, dkernel
-
-
-bn_relu_conv.defvjp(_bn_relu_conv_fwd, _bn_relu_conv_bwd)
 
 
 class _Kernel(nn.Module):
@@ -114,8 +55,8 @@ class DenseLayer(nn.Module):
     """Pre-activation H_l: BN-ReLU-Conv3x3(k), or with ``bottleneck`` the DenseNet-B form
     BN-ReLU-Conv1x1(bn_size * k)-BN-ReLU-Conv3x3(k).
 
-    Takes the list of feature maps produced so far and concatenates them itself, so that in
-    memory-efficient mode the concatenation is part of what gets recomputed.
+    Takes the list of feature maps produced so far and concatenates them itself, so that under
+    ``nn.remat`` the concatenation is part of what gets recomputed.
     """
 
     growth_rate: int
@@ -125,12 +66,9 @@ class DenseLayer(nn.Module):
     norm: ModuleDef
     dropout_rate: float = 0.0
     dropout_placement: str = "torch"
-    memory_efficient: bool = False
 
     @nn.compact
     def __call__(self, features: Sequence[jnp.ndarray], train: bool) -> jnp.ndarray:
-        if self.bottleneck and self.memory_efficient:
-            return self._memory_efficient(tuple(features), train)
         if self.bottleneck:
             x = nn.relu(self.norm(name="norm1")(_concat(features)))
             x = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
@@ -142,26 +80,6 @@ class DenseLayer(nn.Module):
             x = nn.relu(self.norm(name="norm1")(_concat(features)))
             x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv1")(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-
-    def _memory_efficient(self, features: tuple[jnp.ndarray, ...], train: bool) -> jnp.ndarray:
-        """The bottleneck layer keeping only its 4k-channel bottleneck for the backward pass: both
-        BN-ReLU-conv units rebuild their input there (see :func:`bn_relu_conv`)."""
-        dtype = _compute_dtype(self.conv)
-        width = self.bn_size * self.growth_rate
-        cin = sum(f.shape[-1] for f in features)
-        a, b = self.norm(name="norm1")(features, coefficients=True)
-        kernel = _Kernel((1, 1, cin, width), name="conv1")().astype(dtype)
-        x = bn_relu_conv(conv1x1, features, a, b, kernel)
-        if self.dropout_placement == "torch":
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        a, b = self.norm(name="norm2")(x, coefficients=True)
-        kernel = _Kernel((3, 3, width, self.growth_rate), name="conv2")().astype(dtype)
-        x = bn_relu_conv(conv3x3, (x,), a, b, kernel)
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-
-
-def _compute_dtype(conv: ModuleDef) -> Any:
-    return getattr(conv, "keywords", {}).get("dtype") or jnp.float32
 
 
 class PostActDenseLayer(nn.Module):
@@ -204,6 +122,89 @@ class DenseBlock(nn.Module):
         for i in range(self.num_layers):
             features.append(self.layer(name=f"layer{i + 1:02d}")(features, train))
         return _concat(features)
+
+
+class _NormVariables(nn.Module):
+    """The variables of a :class:`common.BatchNorm` (same names, shapes and initial values) for a
+    block that normalises by itself; given batch statistics it updates the running averages."""
+
+    momentum: float = common.BN_MOMENTUM
+
+    @nn.compact
+    def __call__(self, channels: int, batch_stats=None):
+        f32 = jnp.float32
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, f32), (channels,))
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, f32), (channels,))
+        scale = self.param("scale", nn.initializers.ones, (channels,), f32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), f32)
+        if batch_stats is not None and not self.is_initializing():
+            mean, var = batch_stats
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return scale, bias, ra_mean.value, ra_var.value
+
+
+class _BottleneckVariables(nn.Module):
+    """The variables of a bottleneck :class:`DenseLayer` (norm1, conv1, norm2, conv2), for
+    :class:`EfficientDenseBlock`. Returns the parameters and the running statistics."""
+
+    width: int
+    growth_rate: int
+    momentum: float = common.BN_MOMENTUM
+
+    @nn.compact
+    def __call__(self, c_in: int, batch_stats=None):
+        stats = batch_stats or (None, None, None, None)
+        s1, t1, mean1, var1 = _NormVariables(self.momentum, name="norm1")(
+            c_in, None if batch_stats is None else stats[:2])
+        w1 = _Kernel((1, 1, c_in, self.width), name="conv1")()
+        s2, t2, mean2, var2 = _NormVariables(self.momentum, name="norm2")(
+            self.width, None if batch_stats is None else stats[2:])
+        w2 = _Kernel((3, 3, self.width, self.growth_rate), name="conv2")()
+        return dict(s1=s1, t1=t1, w1=w1, s2=s2, t2=t2, w2=w2), (mean1, var1, mean2, var2)
+
+
+class EfficientDenseBlock(nn.Module):
+    """A dense block of pre-activation bottleneck layers whose memory is linear in depth: the
+    same function and variables as ``DenseBlock`` of :class:`DenseLayer`, computed by
+    :mod:`dnjax.models.efficient_block` (a preallocated feature buffer, a hand-written backward
+    pass that rebuilds normalised inputs and accumulates gradients in place)."""
+
+    num_layers: int
+    growth_rate: int
+    bn_size: int
+    dtype: Any
+    dropout_rate: float = 0.0
+    dropout_placement: str = "torch"
+    momentum: float = common.BN_MOMENTUM
+    epsilon: float = common.BN_EPSILON
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        width = self.bn_size * self.growth_rate
+        rate = self.dropout_rate if train else 0.0
+        spec = efficient_block.BlockSpec(
+            c0=x.shape[-1], growth_rate=self.growth_rate, width=width, num_layers=self.num_layers,
+            dtype=self.dtype, drop1=rate if self.dropout_placement == "torch" else 0.0,
+            drop2=rate, epsilon=self.epsilon,
+        )
+        layers = [
+            _BottleneckVariables(width, self.growth_rate, self.momentum, name=f"layer{i + 1:02d}")
+            for i in range(self.num_layers)
+        ]
+        variables = [layer(spec.layer_input(i)) for i, layer in enumerate(layers)]
+        params = [p for p, _ in variables]
+        x = x.astype(self.dtype)
+        if not train:
+            out, _, _ = efficient_block.dense_block(spec, x, params, running=[r for _, r in variables])
+            return out
+        keys = None
+        if rate > 0:
+            keys = [(self.make_rng("dropout"), self.make_rng("dropout")) for _ in layers]
+        out, batch_stats = efficient_block.train_block(spec, x, params, keys)
+        for i, (layer, stats) in enumerate(zip(layers, batch_stats)):
+            layer(spec.layer_input(i), batch_stats=jax.tree.map(lax.stop_gradient, stats))
+        return out
 
 
 class Transition(nn.Module):
@@ -287,15 +288,12 @@ class DenseNet(nn.Module):
         dtype = common.resolve_dtype(self.dtype)
         conv, norm = common.conv_and_norm(train, dtype)
         layer_cls, transition_cls = _LAYER_CLASSES[self.activation]
-        extra = {}
-        if self.memory_efficient and self.bottleneck and layer_cls is DenseLayer:
-            extra = {"memory_efficient": True}  # rebuilds its own inputs, see bn_relu_conv
-        elif self.memory_efficient:
+        efficient_blocks = self.memory_efficient and self.bottleneck and layer_cls is DenseLayer
+        if self.memory_efficient and not efficient_blocks:
             # argnums count self as 0: features=1, train=2 (a Python bool, so it must be static).
             layer_cls = nn.remat(layer_cls, static_argnums=(2,))
         layer = functools.partial(
             layer_cls,
-            **extra,
             growth_rate=self.growth_rate,
             bottleneck=self.bottleneck,
             bn_size=self.bn_size,
@@ -320,7 +318,14 @@ class DenseNet(nn.Module):
 
         channels = self.init_features
         for i, n in enumerate(self.block_sizes):
-            x = DenseBlock(n, layer, name=f"block{i + 1}")(x, train)
+            if efficient_blocks:
+                block = EfficientDenseBlock(
+                    n, self.growth_rate, self.bn_size, dtype, self.dropout_rate,
+                    self.dropout_placement, name=f"block{i + 1}",
+                )
+            else:
+                block = DenseBlock(n, layer, name=f"block{i + 1}")
+            x = block(x, train)
             channels += n * self.growth_rate
             self.sow("intermediates", f"block{i + 1}_out", x)
             if i + 1 < len(self.block_sizes):

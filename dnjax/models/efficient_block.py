@@ -1,0 +1,262 @@
+"""The memory-efficient dense block of pre-activation bottleneck layers (DenseNet-B/-BC).
+
+A dense block of n layers normally keeps, for the backward pass, every layer's concatenated,
+normalised and rectified input: sum over layers of (c0 + i * k) channels, quadratic in depth.
+This block keeps only what is linear in depth:
+
+* one preallocated buffer of the block's c0 + n * k output channels, into which the block input
+  and each layer's k new channels are written in place (``dynamic_update_slice``); layer i reads
+  its input as the buffer's first c0 + i * k channels, so no concatenation is ever built, and the
+  buffer is both the block's output and the forward pass's only record of the features;
+* each layer's bn_size * k channel bottleneck (the 1x1 convolution's output);
+* per-channel vectors (BatchNorm statistics and coefficients).
+
+The backward pass is written out (:func:`_block_bwd`), layer by layer from the last:
+
+* the normalised inputs of both convolutions are rebuilt from the buffer and the bottleneck
+  (element-wise work; no convolution runs twice);
+* every layer adds the gradient with respect to its input into one float32 gradient buffer of
+  the block's width, in place, as soon as it is computed. Autodiff would instead leave XLA one
+  sum per feature over all later layers, which it fuses into one late computation that keeps
+  every layer's full-width input gradient alive: quadratic memory again;
+* the part of each feature's gradient that flows through later layers' BatchNorm statistics is
+  linear in the feature with per-channel coefficients, so it is accumulated as two vectors and
+  applied once per feature, not once per layer.
+
+BatchNorm statistics of a feature are the same for every later layer that normalises it, so they
+are computed once per feature. Dropout masks are regenerated from their keys in the backward pass.
+The forward pass (:func:`dense_block`) is an ordinary JAX function: differentiated by autodiff it
+is the reference the hand-written backward is tested against.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+f32 = jnp.float32
+
+
+class BlockSpec(NamedTuple):
+    """Static shape of a block: input channels, growth rate k, bottleneck width, layers, compute
+    dtype, dropout rates after the 1x1 and after the 3x3 convolution, BatchNorm epsilon."""
+
+    c0: int
+    growth_rate: int
+    width: int
+    num_layers: int
+    dtype: Any
+    drop1: float
+    drop2: float
+    epsilon: float
+
+    @property
+    def channels(self) -> int:
+        return self.c0 + self.num_layers * self.growth_rate
+
+    def layer_input(self, i: int) -> int:
+        return self.c0 + i * self.growth_rate
+
+
+# Parameters of one layer, by the names of DenseLayer's variables:
+# s1, t1: norm1 scale and bias (C_in,); w1: conv1 kernel (1, 1, C_in, width);
+# s2, t2: norm2 scale and bias (width,); w2: conv2 kernel (3, 3, width, k).
+LayerParams = dict
+
+
+def moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """E[x] and E[x^2] per channel, in float32 (as :class:`common.BatchNorm` computes them)."""
+    x = x.astype(f32)
+    axes = tuple(range(x.ndim - 1))
+    return jnp.mean(x, axes), jnp.mean(x * x, axes)
+
+
+def batch_variance(mean: jnp.ndarray, mean_sq: jnp.ndarray) -> jnp.ndarray:
+    return jnp.maximum(0.0, mean_sq - mean * mean)
+
+
+def affine(scale, bias, mean, var, epsilon):
+    """BatchNorm as x * a + b: a = scale / sqrt(var + eps), b = bias - mean * a."""
+    a = scale.astype(f32) * lax.rsqrt(var + epsilon)
+    return a, bias.astype(f32) - mean * a
+
+
+def conv1x1(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """A 1x1 convolution with a (1, 1, C_in, C_out) kernel, as a 2-D matrix product."""
+    k = kernel.reshape(kernel.shape[-2:])
+    return (x.reshape(-1, x.shape[-1]) @ k).reshape(*x.shape[:-1], k.shape[-1])
+
+
+def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def bn_relu(x, a, b, dtype):
+    return jnp.maximum(x.astype(f32) * a + b, 0.0).astype(dtype)
+
+
+def _keep_mask(key, rate: float, shape) -> jnp.ndarray:
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
+def _dropout(x, key, rate: float):
+    """flax ``nn.Dropout``'s arithmetic: keep with probability 1 - rate, scale by 1 / (1 - rate)."""
+    if rate == 0.0 or key is None:
+        return x
+    return lax.select(_keep_mask(key, rate, x.shape), x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _dropout_bwd(g, key, rate: float):
+    if rate == 0.0 or key is None:
+        return g
+    return jnp.where(_keep_mask(key, rate, g.shape), g / (1.0 - rate), 0.0)
+
+
+def dense_block(spec: BlockSpec, x0, params: Sequence[LayerParams], keys=None, running=None):
+    """The block's forward pass; returns (buffer, per-layer (mean1, var1, mean2, var2), bottlenecks).
+
+    ``keys``: per layer a pair of dropout keys (after the 1x1, after the 3x3 conv) or None.
+    ``running``: per layer the BatchNorm running (mean1, var1, mean2, var2) to normalise with
+    (evaluation); None normalises with batch statistics (training).
+    """
+    n, h, w, _ = x0.shape
+    dtype = spec.dtype
+    buf = lax.dynamic_update_slice(jnp.zeros((n, h, w, spec.channels), x0.dtype), x0, (0, 0, 0, 0))
+    feature_moments = [moments(x0)] if running is None else None
+    stats, bottlenecks, coefficients = [], [], []
+    for i, p in enumerate(params):
+        c = spec.layer_input(i)
+        key1, key2 = keys[i] if keys is not None else (None, None)
+        if running is None:
+            mean = jnp.concatenate([m for m, _ in feature_moments])
+            var = batch_variance(mean, jnp.concatenate([q for _, q in feature_moments]))
+        else:
+            mean, var = running[i][0], running[i][1]
+        a, b = affine(p["s1"], p["t1"], mean, var, spec.epsilon)
+        bottleneck = conv1x1(bn_relu(buf[..., :c], a, b, dtype), p["w1"].astype(dtype))
+        bottleneck = _dropout(bottleneck, key1, spec.drop1)
+        if running is None:
+            mean2, mean_sq2 = moments(bottleneck)
+            var2 = batch_variance(mean2, mean_sq2)
+        else:
+            mean2, var2 = running[i][2], running[i][3]
+        a2, b2 = affine(p["s2"], p["t2"], mean2, var2, spec.epsilon)
+        new = conv3x3(bn_relu(bottleneck, a2, b2, dtype), p["w2"].astype(dtype))
+        new = _dropout(new, key2, spec.drop2)
+        buf = lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, 0, c))
+        if running is None and i + 1 < len(params):
+            feature_moments.append(moments(new))
+        stats.append((mean, var, mean2, var2))
+        bottlenecks.append(bottleneck)
+        coefficients.append((a, b, a2, b2))
+    return buf, stats, (bottlenecks, coefficients)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _train_block(spec_holder, x0, params, keys):
+    buf, stats, _ = dense_block(spec_holder.spec, x0, params, keys)
+    return buf, stats
+
+
+class _Static:
+    """Carries the BlockSpec through custom_vjp as a hashable, non-array leaf-free object."""
+
+    def __init__(self, spec: BlockSpec):
+        self.spec = spec
+
+    def __hash__(self):
+        return hash(self.spec)
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and other.spec == self.spec
+
+
+def _block_fwd(spec_holder, x0, params, keys):
+    buf, stats, (bottlenecks, coefficients) = dense_block(spec_holder.spec, x0, params, keys)
+    return (buf, stats), (buf, bottlenecks, coefficients, params, stats, keys)
+
+
+def _block_bwd(spec_holder, residuals, cotangents):
+    """Layer by layer from the last: see the module docstring. The cotangent of the statistics is
+    ignored: they only feed the running averages, which no loss depends on."""
+    spec = spec_holder.spec
+    buf, bottlenecks, coefficients, params, stats, keys = residuals
+    g_buf, _ = cotangents
+    dtype, k = spec.dtype, spec.growth_rate
+    count = buf.size // buf.shape[-1]
+    grad = g_buf.astype(f32)
+    # d loss / d x of a feature through later layers' batch statistics: (lin + 2 * quad * x) / count
+    lin = jnp.zeros((spec.channels,), f32)
+    quad = jnp.zeros((spec.channels,), f32)
+    dparams = [None] * len(params)
+    for i in reversed(range(len(params))):
+        p, (mean, var, mean2, var2), (a, b, a2, b2) = params[i], stats[i], coefficients[i]
+        key1, key2 = keys[i] if keys is not None else (None, None)
+        c = spec.layer_input(i)
+        new = buf[..., c:c + k].astype(f32)
+        g_new = grad[..., c:c + k] + (lin[c:c + k] + 2.0 * quad[c:c + k] * new) / count
+        # Everything rebuilt below depends on the incoming gradient, so that XLA cannot share it
+        # with the forward pass (and keep it alive until now). Adding 0 * g changes no value.
+        tie = 0.0 * g_new.reshape(-1)[0]
+        g_new = _dropout_bwd(g_new, key2, spec.drop2)
+
+        # BN2-ReLU-Conv3x3, from the kept bottleneck.
+        hb = bottlenecks[i].astype(f32) + tie
+        z2 = hb * a2 + b2
+        w2 = p["w2"].astype(dtype)
+        _, conv_vjp = jax.vjp(conv3x3, jnp.maximum(z2, 0.0).astype(dtype), w2)
+        dz2, dw2 = conv_vjp(g_new.astype(dtype))
+        dz2 = jnp.where(z2 > 0, dz2.astype(f32), 0.0)
+        ds2, dt2, dmean2, dsq2 = _affine_vjp(p["s2"], p["t2"], mean2, var2, spec.epsilon,
+                                             jnp.sum(dz2 * hb, (0, 1, 2)), jnp.sum(dz2, (0, 1, 2)))
+        dh = dz2 * a2 + (dmean2 + 2.0 * dsq2 * hb) / count
+        dh = _dropout_bwd(dh, key1, spec.drop1)
+
+        # BN1-ReLU-Conv1x1, from the buffer's first c channels.
+        x = buf[..., :c].astype(f32) + tie
+        z = x * a + b
+        w1 = p["w1"].astype(dtype)
+        _, conv_vjp = jax.vjp(conv1x1, jnp.maximum(z, 0.0).astype(dtype), w1)
+        dy, dw1 = conv_vjp(dh.astype(dtype))
+        dz = jnp.where(z > 0, dy.astype(f32), 0.0)
+        ds1, dt1, dmean, dsq = _affine_vjp(p["s1"], p["t1"], mean, var, spec.epsilon,
+                                           jnp.sum(dz * x, (0, 1, 2)), jnp.sum(dz, (0, 1, 2)))
+        lin = lin + jnp.pad(dmean, (0, spec.channels - c))
+        quad = quad + jnp.pad(dsq, (0, spec.channels - c))
+        grad = lax.dynamic_update_slice(grad, grad[..., :c] + dz * a, (0, 0, 0, 0))
+        dparams[i] = {
+            "s1": ds1.astype(p["s1"].dtype), "t1": dt1.astype(p["t1"].dtype),
+            "w1": dw1.astype(p["w1"].dtype),
+            "s2": ds2.astype(p["s2"].dtype), "t2": dt2.astype(p["t2"].dtype),
+            "w2": dw2.astype(p["w2"].dtype),
+        }
+    x0 = buf[..., :spec.c0].astype(f32)
+    g_x0 = grad[..., :spec.c0] + (lin[:spec.c0] + 2.0 * quad[:spec.c0] * x0) / count
+    keys_ct = None if keys is None else jax.tree.map(lambda _: None, keys)
+    return g_x0.astype(buf.dtype), type(params)(dparams), keys_ct
+
+
+def _affine_vjp(scale, bias, mean, var, epsilon, da, db):
+    """Gradients of the batch affine a = scale / sqrt(var + eps), b = bias - mean * a, with
+    var = max(0, E[x^2] - E[x]^2), with respect to scale, bias, E[x] and E[x^2]."""
+    r = lax.rsqrt(var + epsilon)
+    a = scale.astype(f32) * r
+    da = da - mean * db  # b depends on a
+    dvar = jnp.where(var > 0, da * scale.astype(f32) * -0.5 * r * r * r, 0.0)
+    return da * r, db, -a * db - 2.0 * mean * dvar, dvar
+
+
+_train_block.defvjp(_block_fwd, _block_bwd)
+
+
+def train_block(spec: BlockSpec, x0, params: Sequence[LayerParams], keys=None):
+    """The block in training (batch statistics) with the memory-efficient backward pass.
+
+    Returns (the block's output, per-layer BatchNorm batch statistics (mean1, var1, mean2, var2)
+    for the running averages; no gradient flows back through them)."""
+    return _train_block(_Static(spec), x0, list(params), keys)
