@@ -21,13 +21,22 @@ def test_benchmark_command_writes_positive_figures(tmp_path, cache):
         sys.executable, "-m", "dnjax.benchmark", "--config=configs/cifar_densenet.py",
         "--config.model.name=densenet_bc_tiny", "--config.batch_size=4",
         f"--config.compilation_cache_dir={cache}", "--compilation_cache",
-        "--steps=2", "--warmup=1", f"--json={out}",
+        "--steps=2", "--warmup=1", f"--json={out}", "--both_modes",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "densenet_bc_tiny" in proc.stdout and "img/s" in proc.stdout
     report = json.loads(out.read_text())
-    (row,) = report["rows"]
+    rows = report["rows"]
+    assert [(r["framework"], r["memory_efficient"]) for r in rows] == [("jax", False), ("jax", True)]
+    assert rows[0]["params"] == rows[1]["params"]
+    # The memory-efficient mode keeps less for the backward pass, even in a two-layer block.
+    assert rows[1]["temp_mib"] < rows[0]["temp_mib"]
+    for row in rows:
+        _check_row(row)
+
+
+def _check_row(row):
     assert row["framework"] == "jax" and row["batch"] == 4
     assert row["img_per_s"] > 0 and row["step_ms"] > 0 and len(row["step_ms_all"]) == 2
     assert row["model_gflops_per_img"] > 0

@@ -423,6 +423,16 @@ def test_memory_efficient_mode_lowers_compiled_temp_memory():
     assert efficient[40] - efficient[22] < 0.4 * (plain[40] - plain[22]), (plain, efficient)
 
 
+@pytest.mark.parametrize("name, input_shape", [("densenet_bc100_k12", CIFAR),
+                                               ("densenet121", IMAGENET)])
+def test_memory_efficient_mode_has_the_same_variables(name, input_shape):
+    """Checkpoints move between the modes: same names, shapes and dtypes (abstract init only)."""
+    plain = summary.abstract_variables(get_model(name), input_shape)
+    efficient = summary.abstract_variables(get_model(name, memory_efficient=True), input_shape)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), efficient) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), plain)
+
+
 def test_memory_efficient_mode_evaluates_like_the_plain_mode(remat_runs):
     plain, efficient = remat_runs[False]["eval_logits"], remat_runs[True]["eval_logits"]
     np.testing.assert_allclose(efficient, plain, rtol=1e-5, atol=1e-5)

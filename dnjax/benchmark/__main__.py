@@ -29,6 +29,10 @@ _CACHE = flags.DEFINE_bool(
     "compilation_cache", False,
     "Use the config's persistent compilation cache (compile time then measures a cache hit).",
 )
+_BOTH = flags.DEFINE_bool(
+    "both_modes", False,
+    "Time the model's plain and memory-efficient modes side by side (and PyTorch with --torch).",
+)
 flags.mark_flags_as_required(["config"])
 
 COLUMNS = (
@@ -61,10 +65,13 @@ def format_table(rows) -> str:
 
 
 def ratios(rows) -> dict[str, float]:
-    """JAX over PyTorch throughput, from the median and from the fastest step."""
-    if len(rows) < 2 or not rows[1].img_per_s:
+    """JAX (first row) over PyTorch (last row) throughput, from the median and the fastest step."""
+    return ratio(rows[0], rows[-1]) if len(rows) > 1 and rows[-1].framework != rows[0].framework else {}
+
+
+def ratio(jax_row, torch_row) -> dict[str, float]:
+    if not torch_row.img_per_s:
         return {}
-    jax_row, torch_row = rows[0], rows[1]
     return {
         "median": jax_row.img_per_s / torch_row.img_per_s,
         "fastest": torch_row.step_ms_min / jax_row.step_ms_min,
@@ -82,16 +89,19 @@ def main(argv) -> int:
         train.setup_compilation_cache(config)
     rows = measure.benchmark(
         config, steps=_STEPS.value, warmup=_WARMUP.value, with_torch=_TORCH.value,
-        channels_last=_CHANNELS_LAST.value,
+        channels_last=_CHANNELS_LAST.value, both_modes=_BOTH.value,
     )
     print(format_table(rows))
     r = ratios(rows)
     if r:
-        print(f"dnjax / {rows[1].framework} throughput: {r['median']:.2f}x (median step), "
-              f"{r['fastest']:.2f}x (fastest step)")
+        for row in rows[:-1]:
+            q = ratio(row, rows[-1])
+            print(f"dnjax (memory_efficient={row.memory_efficient}) / {rows[-1].framework} "
+                  f"throughput: {q['median']:.2f}x (median step), {q['fastest']:.2f}x (fastest step)")
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump({"rows": [dataclasses.asdict(x) for x in rows], "ratio": r,
+                       "ratios": [ratio(row, rows[-1]) for row in rows[:-1]] if r else [],
                        "config": config.to_dict()}, f, indent=1, default=str)
     return 0
 

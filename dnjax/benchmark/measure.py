@@ -300,11 +300,22 @@ def time_side_by_side(
 
 
 def benchmark(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
-              with_torch: bool = False, channels_last: bool = True) -> list[Measurement]:
-    """Measures the config's train step in JAX (and PyTorch), timing them side by side."""
-    js = jax_step(config)
-    runs = [js.run]
-    rows = [js.measurement]
+              with_torch: bool = False, channels_last: bool = True,
+              both_modes: bool = False) -> list[Measurement]:
+    """Measures the config's train step in JAX (and PyTorch), timing them side by side.
+
+    ``both_modes`` times the plain and the memory-efficient mode of the model together. Rows: the
+    JAX step(s) first, PyTorch last."""
+    configs = [config]
+    if both_modes:
+        configs = []
+        for efficient in (False, True):
+            c = config.copy_and_resolve_references()
+            c.model.memory_efficient = efficient
+            configs.append(c)
+    steps_ = [jax_step(c) for c in configs]
+    runs = [js.run for js in steps_]
+    rows = [js.measurement for js in steps_]
     ts = None
     if with_torch:
         ts = torch_step(config, channels_last=channels_last)
@@ -314,7 +325,7 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
         ts.reset_peak()
     for row, (wall, cpu) in zip(rows, time_side_by_side(runs, steps, warmup)):
         row.record_steps(wall, cpu)
-    js.measurement.peak_mib = jax_peak_mib()
+    steps_[-1].measurement.peak_mib = jax_peak_mib()
     if ts is not None:
         ts.measurement.peak_mib = ts.peak_mib()
     return rows

@@ -8,7 +8,7 @@ compiled from abstract values twice and its temporary memory read from XLA's mem
 no large model has to run:
 
 * ``naive``: every layer's concatenation and normalised input are kept for the backward pass;
-* ``efficient``: ``memory_efficient=True``, which rebuilds them in the backward pass.
+* ``efficient``: ``memory_efficient=True`` (a feature buffer per block; the backward pass rebuilds the normalised inputs and accumulates gradients in place).
 
 Step time is measured, with the modes alternating, for the depths given to ``--time``. Writes
 ``OUT.json`` and a plot ``OUT.png``.
