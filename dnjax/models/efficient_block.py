@@ -118,7 +118,9 @@ def _dropout_bwd(g, key, rate: float):
 
 
 def dense_block(spec: BlockSpec, x0, params: Sequence[LayerParams], keys=None, running=None):
-    """The block's forward pass; returns (buffer, per-layer (mean1, var1, mean2, var2), bottlenecks).
+    """The block's forward pass. Returns the buffer (the block's output), per layer the BatchNorm
+    statistics (mean1, var1, mean2, var2), and what the backward pass keeps: per layer the
+    bottleneck and the BatchNorm coefficients (a1, b1, a2, b2) of x * a + b.
 
     ``keys``: per layer a pair of dropout keys (after the 1x1, after the 3x3 conv) or None.
     ``running``: per layer the BatchNorm running (mean1, var1, mean2, var2) to normalise with
@@ -164,7 +166,8 @@ def _train_block(spec_holder, x0, params, keys):
 
 
 class _Static:
-    """Carries the BlockSpec through custom_vjp as a hashable, non-array leaf-free object."""
+    """Carries the BlockSpec through custom_vjp as one hashable static argument (a NamedTuple of
+    ints would otherwise be flattened into the pytree of traced arguments)."""
 
     def __init__(self, spec: BlockSpec):
         self.spec = spec
