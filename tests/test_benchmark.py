@@ -22,18 +22,30 @@ def test_benchmark_command_writes_positive_figures(tmp_path, cache):
         "--config.model.name=densenet_bc_tiny", "--config.batch_size=4",
         f"--config.compilation_cache_dir={cache}", "--compilation_cache",
         "--steps=2", "--warmup=1", f"--json={out}", "--both_modes",
+        "--variant_xla_option=xla_cpu_enable_fast_math=false",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "densenet_bc_tiny" in proc.stdout and "img/s" in proc.stdout
     report = json.loads(out.read_text())
     rows = report["rows"]
-    assert [(r["framework"], r["memory_efficient"]) for r in rows] == [("jax", False), ("jax", True)]
+    assert [(r["framework"], r["memory_efficient"], r["note"]) for r in rows] == [
+        ("jax", False, ""), ("jax", True, ""),
+        ("jax", False, "xla_cpu_enable_fast_math=False"), ("jax", True, "xla_cpu_enable_fast_math=False"),
+    ]
     assert rows[0]["params"] == rows[1]["params"]
     # The memory-efficient mode keeps less for the backward pass, even in a two-layer block.
     assert rows[1]["temp_mib"] < rows[0]["temp_mib"]
     for row in rows:
         _check_row(row)
+
+
+def test_benchmark_command_refuses_a_malformed_xla_option():
+    cmd = [sys.executable, "-m", "dnjax.benchmark", "--config=configs/cifar_densenet.py",
+           "--variant_xla_option=no_value"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "--variant_xla_option='no_value': expected NAME=VALUE" in proc.stderr
 
 
 def _check_row(row):

@@ -525,6 +525,30 @@ def test_efficient_block_backward_equals_autodiff_of_its_forward(drop1, drop2):
         assert abs(float(plain(x0, params)) - float(want_loss)) > 1e-3
 
 
+def test_efficient_block_in_bfloat16_is_as_close_to_float32_as_autodiff():
+    """In bfloat16 compute the hand-written backward pass (which accumulates in float32) adds no
+    error of its own: its gradients are as close to the float32 ones as autodiff's bfloat16
+    gradients of the same forward pass are (both about 19% here, worst tensor in norm)."""
+    grads = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        spec, x0, params, _, target = _block_inputs(0.0, 0.0, dtype=dtype)
+        for name, fn in (("autodiff", efficient_block.dense_block),
+                         ("efficient", efficient_block.train_block)):
+            def loss(x0, p, fn=fn):
+                return jnp.sum(jnp.sin(fn(spec, x0, p)[0].astype(jnp.float32)) * target)
+            with fast_compile():
+                grads[dtype, name] = jax.jit(jax.grad(loss, (0, 1)))(x0, params)
+
+    def distance(name):
+        pairs = zip(jax.tree.leaves(grads[jnp.bfloat16, name]),
+                    jax.tree.leaves(grads[jnp.float32, "autodiff"]))
+        return max(float(jnp.linalg.norm(a.astype(jnp.float32) - b) / jnp.linalg.norm(b))
+                   for a, b in pairs)
+
+    autodiff, efficient = distance("autodiff"), distance("efficient")
+    assert 0 < efficient < 1.25 * autodiff + 1e-3, (efficient, autodiff)
+
+
 def test_efficient_block_statistics_are_the_batch_moments_of_each_layer_input():
     spec, x0, params, _, _ = _block_inputs(0.0, 0.0)
     out, stats = jax.jit(lambda x, p: efficient_block.train_block(spec, x, p))(x0, params)

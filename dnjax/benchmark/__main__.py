@@ -2,11 +2,13 @@
 
     python -m dnjax.benchmark --config=configs/cifar_densenet.py --config.batch_size=64 \
         [--config.model.memory_efficient=True] [--config.dtype=bfloat16] \
-        [--torch] [--steps=10] [--json=out.json]
+        [--torch] [--both_modes] [--variant_xla_option=NAME=VALUE] [--steps=10] [--json=out.json]
 
 Prints one row per framework: throughput (median of the timed steps; the fastest step beside it),
 compile time, FLOPs per image, the compiled step's temporary memory, the device and the date.
-With ``--torch`` the two steps alternate, so the ratio holds on a machine shared with other work.
+With ``--torch`` the steps alternate, so the ratio holds on a machine shared with other work;
+``--both_modes`` adds the model's other memory mode and ``--variant_xla_option`` a copy of each JAX
+step compiled with an XLA option, all timed in the same alternation.
 The inputs are synthetic, of the config's image shape; no data set is loaded.
 """
 
@@ -16,6 +18,7 @@ import dataclasses
 import json
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -32,6 +35,11 @@ _CACHE = flags.DEFINE_bool(
 _BOTH = flags.DEFINE_bool(
     "both_modes", False,
     "Time the model's plain and memory-efficient modes side by side (and PyTorch with --torch).",
+)
+_VARIANT = flags.DEFINE_multi_string(
+    "variant_xla_option", [],
+    "NAME=VALUE: also time the JAX step compiled with this XLA option (repeatable), side by side "
+    "with the default, e.g. xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT.",
 )
 flags.mark_flags_as_required(["config"])
 
@@ -52,6 +60,7 @@ COLUMNS = (
     ("peak MiB", "peak_mib", "{:.0f}"),
     ("device", "device", "{}"),
     ("date", "date", "{}"),
+    ("note", "note", "{}"),
 )
 
 
@@ -62,6 +71,26 @@ def format_table(rows) -> str:
         cells.append(["-" if d[k] is None else f.format(d[k]) for _, k, f in COLUMNS])
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise app.UsageError(f"--variant_xla_option={item!r}: expected NAME=VALUE")
+        options[name] = _option_value(value)
+    return options
+
+
+def _option_value(text: str):
+    """XLA wants booleans and numbers typed: 'true' -> True, '3' -> 3, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def ratios(rows) -> dict[str, float]:
@@ -87,16 +116,24 @@ def main(argv) -> int:
     config = _CONFIG.value
     if _CACHE.value:
         train.setup_compilation_cache(config)
-    rows = measure.benchmark(
-        config, steps=_STEPS.value, warmup=_WARMUP.value, with_torch=_TORCH.value,
-        channels_last=_CHANNELS_LAST.value, both_modes=_BOTH.value,
-    )
+    options = parse_options(_VARIANT.value)
+    try:
+        rows = measure.benchmark(
+            config, steps=_STEPS.value, warmup=_WARMUP.value, with_torch=_TORCH.value,
+            channels_last=_CHANNELS_LAST.value, both_modes=_BOTH.value, variant_options=options,
+        )
+    except jax.errors.JaxRuntimeError as e:
+        if not options or "option" not in str(e):
+            raise
+        print(f"error: --variant_xla_option {options}: XLA refused it: {e}", file=sys.stderr)
+        return 2
     print(format_table(rows))
     r = ratios(rows)
     if r:
         for row in rows[:-1]:
             q = ratio(row, rows[-1])
-            print(f"dnjax (memory_efficient={row.memory_efficient}) / {rows[-1].framework} "
+            variant = f", {row.note}" if row.note else ""
+            print(f"dnjax (memory_efficient={row.memory_efficient}{variant}) / {rows[-1].framework} "
                   f"throughput: {q['median']:.2f}x (median step), {q['fastest']:.2f}x (fastest step)")
     if _JSON.value:
         with open(_JSON.value, "w") as f:

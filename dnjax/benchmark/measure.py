@@ -126,11 +126,14 @@ def build_model(config: ml_collections.ConfigDict):
     return config_lib.build_model(config, num_classes(config))
 
 
-def jax_step(config: ml_collections.ConfigDict, *, compile_only: bool = False) -> JaxStep:
+def jax_step(config: ml_collections.ConfigDict, *, compile_only: bool = False,
+             compiler_options: dict | None = None) -> JaxStep:
     """Builds, compiles and measures (without running) the trainer's step for ``config``.
 
     With ``compile_only`` no state is materialised: the step is lowered from abstract values,
     which is how models too large to run on this machine are still measured for memory.
+    ``compiler_options`` (XLA debug options for this executable only) let two settings of an XLA
+    flag be timed side by side in one process.
     """
     model = build_model(config)
     shape = image_shape(config)
@@ -159,7 +162,7 @@ def jax_step(config: ml_collections.ConfigDict, *, compile_only: bool = False) -
     t0 = time.perf_counter()
     lowered = step.lower(state, x, y)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=compiler_options)
     compile_s = time.perf_counter() - t1
 
     variables = summary.abstract_variables(model, shape)
@@ -301,11 +304,12 @@ def time_side_by_side(
 
 def benchmark(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
               with_torch: bool = False, channels_last: bool = True,
-              both_modes: bool = False) -> list[Measurement]:
+              both_modes: bool = False, variant_options: dict | None = None) -> list[Measurement]:
     """Measures the config's train step in JAX (and PyTorch), timing them side by side.
 
-    ``both_modes`` times the plain and the memory-efficient mode of the model together. Rows: the
-    JAX step(s) first, PyTorch last."""
+    ``both_modes`` times the plain and the memory-efficient mode of the model together;
+    ``variant_options`` adds, for each JAX step, a copy compiled with these XLA options. Rows: the
+    JAX steps first, PyTorch last."""
     configs = [config]
     if both_modes:
         configs = []
@@ -314,6 +318,11 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
             c.model.memory_efficient = efficient
             configs.append(c)
     steps_ = [jax_step(c) for c in configs]
+    if variant_options:
+        for c in configs:
+            variant = jax_step(c, compiler_options=variant_options)
+            variant.measurement.note = " ".join(f"{k}={v}" for k, v in variant_options.items())
+            steps_.append(variant)
     runs = [js.run for js in steps_]
     rows = [js.measurement for js in steps_]
     ts = None
