@@ -125,6 +125,17 @@ def test_eight_devices_equal_one(tmp_path, cache, reference_run):
     assert max(np.abs(v - (1.0 if k.endswith("var") else 0.0)).max() for k, v in bs.items()) > 1e-2
 
 
+def test_memory_efficient_mode_on_four_devices_equals_the_plain_mode_on_one(tmp_path, cache,
+                                                                            reference_run):
+    """The memory-efficient dense blocks (hand-written backward pass) under data parallelism:
+    BatchNorm statistics stay global and six training steps end where the plain mode's do."""
+    r = runs.run_main(tmp_path / "me4", "--config.model.memory_efficient=True", devices=4,
+                      cache=cache)
+    assert r.returncode == 0, r.stderr
+    _assert_close_states(runs.load_state(reference_run), runs.load_state(tmp_path / "me4"),
+                         rtol=2e-4, atol=2e-6)
+
+
 def test_two_processes_equal_one(tmp_path, cache, reference_run):
     port = runs.free_port()
     workdir = tmp_path / "mp"
