@@ -344,11 +344,10 @@ def remat_runs():
     from the same parameters: loss, gradients, new batch_stats, the stem output; then the
     evaluation-mode logits with the new statistics.
 
-    The memory-efficient mode rebuilds ReLU inputs in the backward pass with float32 rounding
-    that may differ from the forward pass's; where an input lies within rounding of zero the two
-    modes take different sides of the kink, and through the BatchNorm statistics one such element
-    moves a layer's gradients by about 1%. The network is kept small enough that no input comes
-    that close (about 10^5 ReLU inputs)."""
+    The two modes round differently in float32, so a ReLU input within rounding of zero can fall
+    on different sides of the kink in each; through the BatchNorm statistics one such element
+    moves a layer's gradients by about 1% (seen at L=28). The network is kept small enough that
+    no input comes that close (about 10^5 ReLU inputs)."""
     x, y = batch(8, hw=16, seed=3)
     runs = {}
     variables = None
