@@ -80,11 +80,6 @@ class BatchNorm(nn.Module):
     Batch statistics are computed in float32 as E[x] and E[x^2] - E[x]^2 (clipped at 0); running
     averages keep ``momentum`` of the old value and are not touched by ``init``. Under ``jax.jit``
     with the batch sharded over a mesh the statistics are global.
-
-    ``x`` may also be a sequence of arrays that differ only in their last axis, standing for their
-    concatenation: statistics are then taken per array, so the concatenation is never built, and
-    with ``coefficients=True`` the module returns the per-channel ``(a, b)`` of ``x * a + b``
-    instead of normalising (the memory-efficient DenseNet layer applies them itself).
     """
 
     use_running_average: bool = False
@@ -94,9 +89,8 @@ class BatchNorm(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, coefficients: bool = False):
-        parts = list(x) if isinstance(x, (list, tuple)) else [x]
-        c = sum(p.shape[-1] for p in parts)
+    def __call__(self, x):
+        c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
@@ -104,26 +98,31 @@ class BatchNorm(nn.Module):
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
-            stats = [_moments(p) for p in parts]
-            mean = jnp.concatenate([m for m, _ in stats])
-            var = jnp.maximum(0.0, jnp.concatenate([m2 for _, m2 in stats]) - mean * mean)
+            mean, mean_sq = moments(x)
+            var = batch_variance(mean, mean_sq)
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        a = scale.astype(jnp.float32) * lax.rsqrt(var + self.epsilon)
-        b = bias.astype(jnp.float32) - mean * a
-        if coefficients:
-            return a, b
-        if len(parts) > 1:
-            raise ValueError("BatchNorm normalises one array; pass coefficients=True for several")
+        a, b = affine(scale, bias, mean, var, self.epsilon)
         return (x.astype(jnp.float32) * a + b).astype(self.dtype or x.dtype)
 
 
-def _moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """E[x] and E[x^2] per channel, in float32."""
+def moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """E[x] and E[x^2] per channel (over all but the last axis), in float32."""
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     axes = tuple(range(x.ndim - 1))
     return jnp.mean(x, axes), jnp.mean(x * x, axes)
+
+
+def batch_variance(mean: jnp.ndarray, mean_sq: jnp.ndarray) -> jnp.ndarray:
+    """E[x^2] - E[x]^2, clipped at 0 (rounding can make it slightly negative)."""
+    return jnp.maximum(0.0, mean_sq - mean * mean)
+
+
+def affine(scale, bias, mean, var, epsilon):
+    """BatchNorm as x * a + b, per channel: a = scale / sqrt(var + eps), b = bias - mean * a."""
+    a = scale.astype(jnp.float32) * lax.rsqrt(var + epsilon)
+    return a, bias.astype(jnp.float32) - mean * a
 
 
 def conv_and_norm(train: bool, dtype: Any) -> tuple[ModuleDef, ModuleDef]:

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dnjax.models.common import affine, batch_variance, moments
+
 f32 = jnp.float32
 
 
@@ -66,23 +68,6 @@ class BlockSpec(NamedTuple):
 # s1, t1: norm1 scale and bias (C_in,); w1: conv1 kernel (1, 1, C_in, width);
 # s2, t2: norm2 scale and bias (width,); w2: conv2 kernel (3, 3, width, k).
 LayerParams = dict
-
-
-def moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """E[x] and E[x^2] per channel, in float32 (as :class:`common.BatchNorm` computes them)."""
-    x = x.astype(f32)
-    axes = tuple(range(x.ndim - 1))
-    return jnp.mean(x, axes), jnp.mean(x * x, axes)
-
-
-def batch_variance(mean: jnp.ndarray, mean_sq: jnp.ndarray) -> jnp.ndarray:
-    return jnp.maximum(0.0, mean_sq - mean * mean)
-
-
-def affine(scale, bias, mean, var, epsilon):
-    """BatchNorm as x * a + b: a = scale / sqrt(var + eps), b = bias - mean * a."""
-    a = scale.astype(f32) * lax.rsqrt(var + epsilon)
-    return a, bias.astype(f32) - mean * a
 
 
 def conv1x1(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
