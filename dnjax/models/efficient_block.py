@@ -145,37 +145,22 @@ def dense_block(spec: BlockSpec, x0, params: Sequence[LayerParams], keys=None, r
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _train_block(spec_holder, x0, params, keys):
-    buf, stats, _ = dense_block(spec_holder.spec, x0, params, keys)
+def _train_block(spec, x0, params, keys):
+    buf, stats, _ = dense_block(spec, x0, params, keys)
     return buf, stats
 
 
-class _Static:
-    """Carries the BlockSpec through custom_vjp as one hashable static argument (a NamedTuple of
-    ints would otherwise be flattened into the pytree of traced arguments)."""
-
-    def __init__(self, spec: BlockSpec):
-        self.spec = spec
-
-    def __hash__(self):
-        return hash(self.spec)
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and other.spec == self.spec
-
-
-def _block_fwd(spec_holder, x0, params, keys):
-    buf, stats, (bottlenecks, coefficients) = dense_block(spec_holder.spec, x0, params, keys)
+def _block_fwd(spec, x0, params, keys):
+    buf, stats, (bottlenecks, coefficients) = dense_block(spec, x0, params, keys)
     return (buf, stats), (buf, bottlenecks, coefficients, params, stats, keys)
 
 
-def _block_bwd(spec_holder, residuals, cotangents):
+def _block_bwd(spec, residuals, cotangents):
     """Layer by layer from the last: see the module docstring. The cotangent of the statistics is
     ignored: they only feed the running averages, which no loss depends on."""
-    spec = spec_holder.spec
     buf, bottlenecks, coefficients, params, stats, keys = residuals
     g_buf, _ = cotangents
-    dtype, k = spec.dtype, spec.growth_rate
+    k = spec.growth_rate
     count = buf.size // buf.shape[-1]
     grad = g_buf.astype(f32)
     # d loss / d x of a feature through later layers' batch statistics: (lin + 2 * quad * x) / count
@@ -193,30 +178,21 @@ def _block_bwd(spec_holder, residuals, cotangents):
         tie = 0.0 * g_new.reshape(-1)[0]
         g_new = _dropout_bwd(g_new, key2, spec.drop2)
 
-        # BN2-ReLU-Conv3x3, from the kept bottleneck.
+        # BN2-ReLU-Conv3x3, from the kept bottleneck; its statistics are the bottleneck's own.
         hb = bottlenecks[i].astype(f32) + tie
-        z2 = hb * a2 + b2
-        w2 = p["w2"].astype(dtype)
-        _, conv_vjp = jax.vjp(conv3x3, jnp.maximum(z2, 0.0).astype(dtype), w2)
-        dz2, dw2 = conv_vjp(g_new.astype(dtype))
-        dz2 = jnp.where(z2 > 0, dz2.astype(f32), 0.0)
-        ds2, dt2, dmean2, dsq2 = _affine_vjp(p["s2"], p["t2"], mean2, var2, spec.epsilon,
-                                             jnp.sum(dz2 * hb, (0, 1, 2)), jnp.sum(dz2, (0, 1, 2)))
-        dh = dz2 * a2 + (dmean2 + 2.0 * dsq2 * hb) / count
+        dh, dw2, ds2, dt2, dmean2, dsq2 = _bn_relu_conv_bwd(
+            spec, conv3x3, hb, p["s2"], p["t2"], p["w2"], mean2, var2, a2, b2, g_new)
+        dh = dh + (dmean2 + 2.0 * dsq2 * hb) / count
         dh = _dropout_bwd(dh, key1, spec.drop1)
 
-        # BN1-ReLU-Conv1x1, from the buffer's first c channels.
-        x = buf[..., :c].astype(f32) + tie
-        z = x * a + b
-        w1 = p["w1"].astype(dtype)
-        _, conv_vjp = jax.vjp(conv1x1, jnp.maximum(z, 0.0).astype(dtype), w1)
-        dy, dw1 = conv_vjp(dh.astype(dtype))
-        dz = jnp.where(z > 0, dy.astype(f32), 0.0)
-        ds1, dt1, dmean, dsq = _affine_vjp(p["s1"], p["t1"], mean, var, spec.epsilon,
-                                           jnp.sum(dz * x, (0, 1, 2)), jnp.sum(dz, (0, 1, 2)))
+        # BN1-ReLU-Conv1x1, from the buffer's first c channels; the gradient through their
+        # statistics is applied once per feature, from lin and quad.
+        dx, dw1, ds1, dt1, dmean, dsq = _bn_relu_conv_bwd(
+            spec, conv1x1, buf[..., :c].astype(f32) + tie, p["s1"], p["t1"], p["w1"],
+            mean, var, a, b, dh)
         lin = lin + jnp.pad(dmean, (0, spec.channels - c))
         quad = quad + jnp.pad(dsq, (0, spec.channels - c))
-        grad = lax.dynamic_update_slice(grad, grad[..., :c] + dz * a, (0, 0, 0, 0))
+        grad = lax.dynamic_update_slice(grad, grad[..., :c] + dx, (0, 0, 0, 0))
         dparams[i] = {
             "s1": ds1.astype(p["s1"].dtype), "t1": dt1.astype(p["t1"].dtype),
             "w1": dw1.astype(p["w1"].dtype),
@@ -227,6 +203,21 @@ def _block_bwd(spec_holder, residuals, cotangents):
     g_x0 = grad[..., :spec.c0] + (lin[:spec.c0] + 2.0 * quad[:spec.c0] * x0) / count
     keys_ct = None if keys is None else jax.tree.map(lambda _: None, keys)
     return g_x0.astype(buf.dtype), type(params)(dparams), keys_ct
+
+
+def _bn_relu_conv_bwd(spec, conv, x, scale, bias, kernel, mean, var, a, b, g):
+    """Backward pass of conv(relu(x * a + b), kernel) with the BatchNorm affine (a, b) of batch
+    statistics (mean, var), from the float32 input ``x``, rebuilt by the caller.
+
+    Returns the gradient with respect to ``x`` through the convolution (not through the
+    statistics), the kernel's, the scale's and bias's, and those of E[x] and E[x^2]."""
+    z = x * a + b
+    _, conv_vjp = jax.vjp(conv, jnp.maximum(z, 0.0).astype(spec.dtype), kernel.astype(spec.dtype))
+    dy, dkernel = conv_vjp(g.astype(spec.dtype))
+    dz = jnp.where(z > 0, dy.astype(f32), 0.0)
+    dscale, dbias, dmean, dsq = _affine_vjp(scale, bias, mean, var, spec.epsilon,
+                                            jnp.sum(dz * x, (0, 1, 2)), jnp.sum(dz, (0, 1, 2)))
+    return dz * a, dkernel, dscale, dbias, dmean, dsq
 
 
 def _affine_vjp(scale, bias, mean, var, epsilon, da, db):
@@ -247,4 +238,4 @@ def train_block(spec: BlockSpec, x0, params: Sequence[LayerParams], keys=None):
 
     Returns (the block's output, per-layer BatchNorm batch statistics (mean1, var1, mean2, var2)
     for the running averages; no gradient flows back through them)."""
-    return _train_block(_Static(spec), x0, list(params), keys)
+    return _train_block(spec, x0, list(params), keys)
