@@ -90,21 +90,48 @@ class BatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        c = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
-        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
-        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        scale, bias, ra_mean, ra_var = batchnorm_variables(self, x.shape[-1], self.param_dtype)
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
             mean, mean_sq = moments(x)
             var = batch_variance(mean, mean_sq)
             if not self.is_initializing():
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+                update_running_averages(ra_mean, ra_var, mean, var, self.momentum)
         a, b = affine(scale, bias, mean, var, self.epsilon)
         return (x.astype(jnp.float32) * a + b).astype(self.dtype or x.dtype)
+
+
+class BatchNormVariables(nn.Module):
+    """:class:`BatchNorm`'s variables (same names, shapes and initial values) for code that
+    normalises by itself; given batch statistics ``(mean, var)`` it updates the running averages.
+    Returns (scale, bias, running mean, running var)."""
+
+    momentum: float = BN_MOMENTUM
+
+    @nn.compact
+    def __call__(self, channels: int, batch_stats=None):
+        scale, bias, ra_mean, ra_var = batchnorm_variables(self, channels, jnp.float32)
+        if batch_stats is not None and not self.is_initializing():
+            update_running_averages(ra_mean, ra_var, *batch_stats, self.momentum)
+        return scale, bias, ra_mean.value, ra_var.value
+
+
+def batchnorm_variables(module: nn.Module, channels: int, param_dtype):
+    """Creates (in ``module``'s scope) BatchNorm's params scale=1, bias=0 and its batch_stats
+    mean=0, var=1; returns the two params and the two statistics' variables."""
+    f32 = jnp.float32
+    ra_mean = module.variable("batch_stats", "mean", lambda s: jnp.zeros(s, f32), (channels,))
+    ra_var = module.variable("batch_stats", "var", lambda s: jnp.ones(s, f32), (channels,))
+    scale = module.param("scale", nn.initializers.ones, (channels,), param_dtype)
+    bias = module.param("bias", nn.initializers.zeros, (channels,), param_dtype)
+    return scale, bias, ra_mean, ra_var
+
+
+def update_running_averages(ra_mean, ra_var, mean, var, momentum: float) -> None:
+    """Running averages keep ``momentum`` of the old value (Torch's momentum 1 - momentum)."""
+    ra_mean.value = momentum * ra_mean.value + (1 - momentum) * mean
+    ra_var.value = momentum * ra_var.value + (1 - momentum) * var
 
 
 def moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

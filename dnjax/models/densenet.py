@@ -124,26 +124,6 @@ class DenseBlock(nn.Module):
         return _concat(features)
 
 
-class _NormVariables(nn.Module):
-    """The variables of a :class:`common.BatchNorm` (same names, shapes and initial values) for a
-    block that normalises by itself; given batch statistics it updates the running averages."""
-
-    momentum: float = common.BN_MOMENTUM
-
-    @nn.compact
-    def __call__(self, channels: int, batch_stats=None):
-        f32 = jnp.float32
-        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, f32), (channels,))
-        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, f32), (channels,))
-        scale = self.param("scale", nn.initializers.ones, (channels,), f32)
-        bias = self.param("bias", nn.initializers.zeros, (channels,), f32)
-        if batch_stats is not None and not self.is_initializing():
-            mean, var = batch_stats
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return scale, bias, ra_mean.value, ra_var.value
-
-
 class _BottleneckVariables(nn.Module):
     """The variables of a bottleneck :class:`DenseLayer` (norm1, conv1, norm2, conv2), for
     :class:`EfficientDenseBlock`. Returns the parameters and the running statistics."""
@@ -154,12 +134,11 @@ class _BottleneckVariables(nn.Module):
 
     @nn.compact
     def __call__(self, c_in: int, batch_stats=None):
-        stats = batch_stats or (None, None, None, None)
-        s1, t1, mean1, var1 = _NormVariables(self.momentum, name="norm1")(
-            c_in, None if batch_stats is None else stats[:2])
+        stats1, stats2 = (None, None) if batch_stats is None else (batch_stats[:2], batch_stats[2:])
+        s1, t1, mean1, var1 = common.BatchNormVariables(self.momentum, name="norm1")(c_in, stats1)
         w1 = _Kernel((1, 1, c_in, self.width), name="conv1")()
-        s2, t2, mean2, var2 = _NormVariables(self.momentum, name="norm2")(
-            self.width, None if batch_stats is None else stats[2:])
+        s2, t2, mean2, var2 = common.BatchNormVariables(self.momentum, name="norm2")(
+            self.width, stats2)
         w2 = _Kernel((3, 3, self.width, self.growth_rate), name="conv2")()
         return dict(s1=s1, t1=t1, w1=w1, s2=s2, t2=t2, w2=w2), (mean1, var1, mean2, var2)
 
