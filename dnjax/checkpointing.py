@@ -109,9 +109,23 @@ def _abandoned_read(exc: BaseException | None, obj: Any) -> bool:
 
 
 class _AbandonedTaskFilter(logging.Filter):
+    """asyncio's "Task/Future exception was never retrieved" for an orbax read. The orbax path is
+    in the message when the task's coroutine is named there, else only in the traceback."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not ("exception was never retrieved" in msg and f"{os.sep}orbax{os.sep}" in msg)
+        if "exception was never retrieved" not in msg:
+            return True
+        orbax = f"{os.sep}orbax{os.sep}"
+        if orbax in msg:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        tb = exc.__traceback__ if exc is not None else None
+        while tb is not None:
+            if orbax in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
 
 
 _quieted = False

@@ -9,6 +9,7 @@ minutes on two cores.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import shutil
@@ -347,6 +348,28 @@ def test_no_intact_checkpoint_stops_with_a_clear_error(tmp_path, cache, uninterr
     assert "corrupted data" in last and "left in place" in last
     assert "Traceback" not in r.stderr
     assert _snapshot(workdir) == before  # nothing deleted, moved or rewritten
+
+
+def _exc_info_raised_in(filename: str):
+    namespace: dict = {}
+    exec(compile("def read():\n    raise ValueError('shard missing')\n", filename, "exec"), namespace)
+    try:
+        namespace["read"]()
+    except ValueError as e:
+        return (type(e), e, e.__traceback__)
+
+
+@pytest.mark.parametrize("filename, dropped", [("/site-packages/orbax/checkpoint/fake.py", True),
+                                               ("/site-packages/other/fake.py", False)])
+def test_abandoned_orbax_reads_are_quiet_even_when_only_the_traceback_names_orbax(filename, dropped):
+    """asyncio reports a Future (not a Task) without its coroutine, so orbax's path is only in the
+    traceback; such a read abandoned by a failed restore is dropped, anything else is kept."""
+    record = logging.LogRecord(
+        "asyncio", logging.ERROR, __file__, 1,
+        "Future exception was never retrieved\nfuture: <Future finished exception=ValueError()>",
+        None, _exc_info_raised_in(filename),
+    )
+    assert checkpointing._AbandonedTaskFilter().filter(record) is not dropped
 
 
 def test_crash_leftovers_and_a_lost_best_save_are_repaired(tmp_path):
