@@ -129,17 +129,15 @@ def main(argv) -> int:
         return 2
     print(format_table(rows))
     r = ratios(rows)
-    if r:
-        for row in rows[:-1]:
-            q = ratio(row, rows[-1])
-            variant = f", {row.note}" if row.note else ""
-            print(f"dnjax (memory_efficient={row.memory_efficient}{variant}) / {rows[-1].framework} "
-                  f"throughput: {q['median']:.2f}x (median step), {q['fastest']:.2f}x (fastest step)")
+    per_row = [ratio(row, rows[-1]) for row in rows[:-1]] if r else []
+    for row, q in zip(rows, per_row):
+        variant = f", {row.note}" if row.note else ""
+        print(f"dnjax (memory_efficient={row.memory_efficient}{variant}) / {rows[-1].framework} "
+              f"throughput: {q['median']:.2f}x (median step), {q['fastest']:.2f}x (fastest step)")
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump({"rows": [dataclasses.asdict(x) for x in rows], "ratio": r,
-                       "ratios": [ratio(row, rows[-1]) for row in rows[:-1]] if r else [],
-                       "config": config.to_dict()}, f, indent=1, default=str)
+                       "ratios": per_row, "config": config.to_dict()}, f, indent=1, default=str)
     return 0
 
 
