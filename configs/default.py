@@ -30,8 +30,11 @@ def get_config():
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "cifar10"  # digits | npz | cifar10 | cifar100 | svhn_cropped | imagenet2012
     c.data.data_dir = placeholder(str)  # tfds data dir; default: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    # npz data: a file, several separated by commas, or a glob (parts concatenated in that order),
+    # each with arrays 'image' (uint8 NHWC) and the label array named by npz_label.
     c.data.npz_train = placeholder(str)
     c.data.npz_test = placeholder(str)
+    c.data.npz_label = "label"  # e.g. 'coarse_label' for CIFAR-100's 20 superclasses
     c.data.num_classes = placeholder(int)  # None: from the data set
     c.data.normalization = "mean_std"  # mean_std (CIFAR) | scale (pixels / 255, the SVHN recipe)
     c.data.augment = True  # the "+" of C10+: zero-pad random crop and horizontal flip

@@ -147,14 +147,24 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
         sources = ("scikit-learn digits (train part)", "scikit-learn digits (test part)")
         fixed_classes = 10
     elif name == "npz":
-        train_path = _field(data_config, "npz_train")
-        test_path = _field(data_config, "npz_test")
-        for field, path in (("npz_train", train_path), ("npz_test", test_path)):
-            if not path:
-                raise DataError(f"data.dataset='npz' needs data.{field}: the path of an .npz file.")
-        train = _load_npz(train_path, "npz_train", train_limit)
-        test = _load_npz(test_path, "npz_test", test_limit)
-        sources = (str(train_path), str(test_path))
+        label_key = _field(data_config, "npz_label", "label")
+        if not isinstance(label_key, str) or not label_key:
+            raise DataError(f"data.npz_label={label_key!r} must name an array of the npz files, e.g. 'label'.")
+        train_spec = _field(data_config, "npz_train")
+        test_spec = _field(data_config, "npz_test")
+        for field, spec in (("npz_train", train_spec), ("npz_test", test_spec)):
+            if not spec:
+                raise DataError(
+                    f"data.dataset='npz' needs data.{field}: the path of an .npz file, several "
+                    "paths separated by commas, or a glob."
+                )
+        npz_parts = {
+            "npz_train": _load_npz_parts(train_spec, "npz_train", label_key, train_limit),
+            "npz_test": _load_npz_parts(test_spec, "npz_test", label_key, test_limit),
+        }
+        train = _concat_parts(npz_parts["npz_train"])
+        test = _concat_parts(npz_parts["npz_test"])
+        sources = tuple(_describe_parts(npz_parts[f]) for f in ("npz_train", "npz_test"))
         fixed_classes = None
     else:
         data_dir = _field(data_config, "data_dir")
@@ -185,8 +195,13 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
         )
 
     num_classes = _num_classes(data_config, fixed_classes, train, name)
-    for split, source in ((train, sources[0]), (test, sources[1])):
-        _check_label_range(split.labels, num_classes, source)
+    if name == "npz":  # name the part (file and array) that holds a bad label
+        for field, parts in npz_parts.items():
+            for part in parts:
+                _check_label_range(part.labels, num_classes, f"data.{field}: {part.path} (array {part.label_key!r})")
+    else:
+        for split, source in ((train, sources[0]), (test, sources[1])):
+            _check_label_range(split.labels, num_classes, source)
 
     if normalization == "scale":
         channels = train.images.shape[-1]
@@ -333,29 +348,116 @@ def _load_digits() -> tuple[Split, Split]:
     return Split(x_train, y_train), Split(x_test, y_test)
 
 
-def _load_npz(path, field: str, limit: int | None) -> Split:
+@dataclasses.dataclass(frozen=True)
+class NpzPart:
+    """One file of an npz split: its path, the label array used and the (possibly cut) arrays."""
+
+    path: str
+    label_key: str
+    images: np.ndarray
+    labels: np.ndarray
+
+
+_GLOB_CHARS = set("*?[")
+
+
+def npz_paths(spec: str, field: str) -> list[str]:
+    """The files of ``data.<field>``: comma-separated paths, each of which may be a glob.
+
+    Files are taken in the order given, a glob's matches in sorted order. A glob that matches
+    nothing, a missing file or a file named twice is a :class:`DataError`.
+    """
+    import glob
+
+    if not isinstance(spec, str):
+        raise DataError(f"data.{field}={spec!r} must be a string: a path, paths separated by commas, or a glob.")
+    items = [item.strip() for item in spec.split(",")]
+    if not any(items) or not all(items):
+        raise DataError(f"data.{field}={spec!r} has an empty path; separate the files with single commas.")
+    paths: list[str] = []
+    for item in items:
+        item = os.path.expanduser(item)
+        if _GLOB_CHARS & set(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise DataError(f"data.{field}: the glob {item} matches no file.")
+            paths += matches
+        else:
+            if not os.path.exists(item):
+                raise DataError(f"data.{field}: the file {item} does not exist.")
+            paths.append(item)
+    seen = set()
+    for p in paths:
+        if os.path.realpath(p) in seen:
+            raise DataError(f"data.{field}: {p} is named twice in {spec!r}; each part may appear once.")
+        seen.add(os.path.realpath(p))
+    return paths
+
+
+def _load_npz_parts(spec: str, field: str, label_key: str, limit: int | None) -> list[NpzPart]:
+    """Reads every part of an npz split and checks that they agree; ``limit`` keeps the first N
+    images of the concatenation (later parts are then not read at all)."""
+    parts: list[NpzPart] = []
+    remaining = limit
+    for path in npz_paths(spec, field):
+        if remaining is not None and remaining <= 0:
+            break
+        part = _load_npz(path, field, label_key, remaining)
+        _validate_split(Split(part.images, part.labels), f"data.{field}: {path}")
+        if parts:
+            first = parts[0]
+            if part.images.shape[1:] != first.images.shape[1:] or part.images.dtype != first.images.dtype:
+                raise DataError(
+                    f"data.{field}: {path} (array 'image') holds {part.images.dtype} images of shape "
+                    f"{part.images.shape[1:]} but {first.path} holds {first.images.dtype} images of shape "
+                    f"{first.images.shape[1:]}; every part of a split must have the same image shape and dtype."
+                )
+        parts.append(part)
+        if remaining is not None:
+            remaining -= len(part.labels)
+    return parts
+
+
+def _concat_parts(parts: list[NpzPart]) -> Split:
+    if len(parts) == 1:
+        return Split(parts[0].images, parts[0].labels)
+    return Split(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
+
+
+def _describe_parts(parts: list[NpzPart]) -> str:
+    if len(parts) == 1:
+        return parts[0].path
+    return f"{parts[0].path} (+{len(parts) - 1} more part{'s' if len(parts) > 2 else ''})"
+
+
+def _load_npz(path: str, field: str, label_key: str = "label", limit: int | None = None) -> NpzPart:
     path = os.fspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise DataError(f"data.{field}: the file {path} does not exist.")
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = sorted(f.files)
-            missing = [k for k in ("image", "label") if k not in keys]
-            if missing:
+            if "image" not in keys:
                 raise DataError(
-                    f"data.{field}: {path} has no array(s) {missing}; it holds {keys}. An npz data "
+                    f"data.{field}: {path} has no array 'image'; it holds {keys}. An npz data "
                     "file needs 'image' (uint8 [N, H, W, C]) and 'label' (integer [N]): "
                     "np.savez(path, image=images, label=labels)."
                 )
+            if label_key not in keys:
+                raise DataError(
+                    f"data.{field}: {path} has no label array {label_key!r} (data.npz_label); it holds "
+                    f"{keys}. Set data.npz_label to one of them, or save the labels as {label_key!r}."
+                )
             images = f["image"]
-            labels = f["label"]
+            labels = f[label_key]
     except DataError:
         raise
     except Exception as e:  # not a zip / npz file, or an array that needs pickle
         raise DataError(f"data.{field}: cannot read {path} as an .npz file: {e}") from e
     if limit is not None and images.ndim >= 1 and labels.ndim >= 1:
         images, labels = images[:limit], labels[:limit]
-    return Split(images=np.ascontiguousarray(images), labels=_as_labels(labels, f"{path} ('label')"))
+    return NpzPart(path=path, label_key=label_key, images=np.ascontiguousarray(images),
+                   labels=_as_labels(labels, f"data.{field}: {path} (array {label_key!r})"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,8 +84,13 @@ def _input_shape(config) -> tuple[int, ...]:
         return (8, 8, 1)
     if d.dataset == "imagenet2012":
         return (d.image_size, d.image_size, 3)
-    if d.dataset == "npz" and d.npz_train and Path(d.npz_train).exists():
-        return _npz_image_shape(str(d.npz_train))
+    if d.dataset == "npz" and d.npz_train:
+        from dnjax.input_pipeline import DataError, npz_paths
+
+        try:
+            return _npz_image_shape(npz_paths(str(d.npz_train), "npz_train")[0])
+        except DataError:  # the data is elsewhere: the CIFAR shape
+            pass
     return (32, 32, 3)
 
 

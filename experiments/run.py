@@ -1,6 +1,6 @@
 """Runs a study: its runs one after another on this host, or their command lines for a cluster.
 
-    python -m experiments.run STUDY --root=DIR [--budget=full|smoke|cifar10-sample] [--only=NAME]
+    python -m experiments.run STUDY --root=DIR [--budget=full|smoke|cifar10-sample|cifar100-cpu] [--only=NAME]
     python -m experiments.run STUDY --root=DIR --print [--format=shell|slurm]
 
 Each run trains in ``DIR/<run name>`` through ``python -m dnjax.main``. A run whose log holds a
@@ -220,7 +220,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", default="full", choices=studies.BUDGETS)
     p.add_argument("--smoke", action="store_true", help="the same as --budget=smoke")
     p.add_argument("--data_dir", default=None,
-                   help=f"directory of the CIFAR-10 sample for --budget=cifar10-sample (default {studies.SAMPLE_DIR})")
+                   help=f"data directory of --budget=cifar10-sample (default {studies.SAMPLE_DIR}) or --budget=cifar100-cpu (default {studies.CIFAR100_DIR})")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this run (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra --config.KEY=VALUE for every run, e.g. compilation_cache_dir=/tmp/c")

@@ -12,6 +12,12 @@ belongs to it. Budgets turn a study's full-length runs into cheaper ones:
                   CIFAR-10 sample in ../shared/data/cifar10, tested on 2,000 of its test images,
                   seeds 0 and 1 where the study has several: a real result that two shared CPU
                   cores produce in about an hour
+  cifar100-cpu    the real CIFAR-100 (all 50,000 training images, the whole 10,000-image test
+                  set every half epoch) with the paper's C100+ recipe for every network (crop +
+                  flip, mean/std normalisation, Nesterov SGD, batch 64, learning rate /10 at 50%
+                  and 75%), shortened to 2 epochs, on networks two CPU cores train at 5 to 13
+                  minutes an epoch: DenseNet-BC L=22, k=12 (78K parameters) for the DenseNet-BCs
+                  and pre-activation ResNet-8 (81K) for the ResNets, seed 0
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dnjax import published
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO.parent / "shared" / "data" / "cifar10"
+CIFAR100_DIR = REPO.parent / "shared" / "data" / "cifar100"
 
 DENSENET_CONFIG = "configs/cifar_densenet.py"
 RESNET_CONFIG = "configs/cifar_resnet.py"
@@ -70,6 +77,9 @@ class Run:
     variant: str = ""
     paper: float | None = None
     stands_for: str = ""
+    # The published figure of the full-size network a shortened run stands in for, drawn as a
+    # labelled reference line (not compared with the run: the budgets change network and schedule).
+    reference: float | None = None
 
     def __post_init__(self):
         if not self.group:
@@ -320,6 +330,62 @@ def _cifar10_sample(run: Run, data_dir: Path | str) -> Run | None:
     )
 
 
+# --budget=cifar100-cpu: the real CIFAR-100 at a size two CPU cores train in about 90 minutes.
+# The stand-ins have (almost) equal parameter counts: DenseNet-BC L=22, k=12 has 77,986 parameters
+# with 100 classes and ResNet-8 (6n+2 with n=1, the smallest CIFAR ResNet: one basic unit per
+# stage, 16-32-64 channels) has 81,140. A bottleneck ResNet would be the closer relative of
+# ResNet-164, but its smallest member (9n+2 = 11 layers) has 151K parameters, twice as many.
+C100_STAND_INS: dict[str, tuple[str, dict[str, Any], str, str]] = {
+    "densenet_bc100_k12": ("densenet_cifar", dict(depth=22, growth_rate=12, bottleneck=True, compression=0.5),
+                           "DenseNet-BC (L=22, k=12)", "densenet_bc22_k12"),
+    "preact_resnet164": ("resnet_cifar", dict(depth=8, activation="pre"), "pre-act. ResNet-8", "preact_resnet8"),
+    "resnet164": ("resnet_cifar", dict(depth=8, activation="post"), "ResNet-8", "resnet8"),
+}
+C100_EPOCHS = 2.0
+C100_EVAL_EVERY = 0.5
+C100_SEEDS = (0,)
+
+
+def cifar100_overrides(data_dir: Path | str) -> tuple[tuple[str, Any], ...]:
+    """The data and schedule of the cifar100-cpu budget: both training files as one split, the whole
+    test set, and the DenseNet C100+ recipe for every family (the ResNet config's batch of 128 and
+    plain momentum are set back to it, so both families take the same steps)."""
+    d = Path(data_dir)
+    return (
+        ("data.dataset", "npz"),
+        ("data.npz_train", f"{d / 'train_part1.npz'},{d / 'train_part2.npz'}"),
+        ("data.npz_test", str(d / "test.npz")), ("data.num_classes", 100),
+        ("data.normalization", "mean_std"), ("data.augment", True),
+        ("batch_size", 64), ("optim.learning_rate", 0.1), ("optim.nesterov", True),
+        ("optim.weight_decay", 1e-4), ("optim.schedule", "piecewise"), ("optim.warmup_epochs", 0.0),
+        ("num_epochs", C100_EPOCHS), ("eval_every_epochs", C100_EVAL_EVERY),
+        ("checkpoint_every_epochs", C100_EVAL_EVERY), ("log_every_steps", 20), ("progress_bar", False),
+    )
+
+
+def _cifar100_cpu(run: Run, data_dir: Path | str) -> Run | None:
+    """The run's family stand-in on the real CIFAR-100 (C100+ runs only), with the published figure
+    of the full-size network as its reference."""
+    if run.seed not in C100_SEEDS or run.model not in C100_STAND_INS or run.dataset != DATASET_NAMES["c100+"]:
+        return None
+    zoo, fields, label, stem = C100_STAND_INS[run.model]
+    fields = dict(fields)
+    activation = dict(run.overrides).get("model.activation")
+    if activation is not None:
+        fields["activation"] = activation
+    if run.variant:
+        stem = f"{stem.removeprefix('preact_')}_{run.variant}"
+    if fields.get("activation") == "post" and zoo.startswith("densenet"):
+        label += ", post-act."
+    name = f"{stem}_c100cpu"
+    config = run.config.split(":")[0] + f":{zoo},c100+"
+    overrides = tuple((f"model.{k}", v) for k, v in fields.items()) + cifar100_overrides(data_dir)
+    return dataclasses.replace(
+        run, name=name, group=name, config=config, overrides=overrides, dataset="C100+ (2 epochs)",
+        label=label, paper=None, stands_for=run.label, reference=run.paper,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     name: str
@@ -342,10 +408,18 @@ def budget(name: str, data_dir: Path | str | None = None) -> Budget:
             "study has several",
             lambda r: _cifar10_sample(r, d),
         )
+    if name == "cifar100-cpu":
+        d = data_dir or CIFAR100_DIR
+        return Budget(
+            name,
+            f"small networks of equal size, {C100_EPOCHS:g} epochs on the real CIFAR-100 with the C100+ recipe, "
+            f"the whole test set every {C100_EVAL_EVERY:g} epoch, seed 0",
+            lambda r: _cifar100_cpu(r, d),
+        )
     raise ValueError(f"budget {name!r} is unknown; valid budgets are {', '.join(BUDGETS)}")
 
 
-BUDGETS = ("full", "smoke", "cifar10-sample")
+BUDGETS = ("full", "smoke", "cifar10-sample", "cifar100-cpu")
 
 
 class StudyError(ValueError):
