@@ -437,16 +437,12 @@ def _load_npz(path: str, field: str, label_key: str = "label", limit: int | None
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = sorted(f.files)
-            if "image" not in keys:
+            missing = [k for k in ("image", label_key) if k not in keys]
+            if missing:
                 raise DataError(
-                    f"data.{field}: {path} has no array 'image'; it holds {keys}. An npz data "
-                    "file needs 'image' (uint8 [N, H, W, C]) and 'label' (integer [N]): "
-                    "np.savez(path, image=images, label=labels)."
-                )
-            if label_key not in keys:
-                raise DataError(
-                    f"data.{field}: {path} has no label array {label_key!r} (data.npz_label); it holds "
-                    f"{keys}. Set data.npz_label to one of them, or save the labels as {label_key!r}."
+                    f"data.{field}: {path} has no array(s) {missing}; it holds {keys}. An npz data "
+                    "file needs 'image' (uint8 [N, H, W, C]) and integer labels [N] in the array that "
+                    f"data.npz_label names (now {label_key!r}): np.savez(path, image=images, label=labels)."
                 )
             images = f["image"]
             labels = f[label_key]

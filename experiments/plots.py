@@ -78,6 +78,7 @@ def curves(results: Sequence["RunResult"], path: Path, title: str = "") -> Path 
             if r.train:
                 e, loss = zip(*r.train)
                 ax_loss.plot(e, loss, label=label if first else None, **kw)
+        _reference_lines(ax_err, [r for r in shown if r.run.dataset == dataset], colors)
         ax_err.set(xlabel="epoch", ylabel="test error (%)", title=f"{dataset}: test error{title}")
         ax_loss.set(xlabel="epoch", ylabel="training loss (logged batches)", title=f"{dataset}: training loss{title}")
         for ax in (ax_err, ax_loss):
@@ -87,6 +88,19 @@ def curves(results: Sequence["RunResult"], path: Path, title: str = "") -> Path 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _reference_lines(ax, results: Sequence["RunResult"], colors: dict[str, str]) -> None:
+    """A dotted line, in the run's colour, at the published final error of the full-size network
+    each shortened run stands in for (one line per network and figure)."""
+    drawn: set[tuple[str, float]] = set()
+    for r in results:
+        ref = r.run.reference
+        if ref is None or (r.run.stands_for, ref) in drawn:
+            continue
+        drawn.add((r.run.stands_for, ref))
+        ax.axhline(ref, color=colors[r.run.label], linestyle=":", linewidth=1.2,
+                   label=f"paper: {r.run.stands_for or r.run.label}, full schedule ({ref:.2f}%)")
 
 
 def _family_points(results, dataset: str, x_field: str):

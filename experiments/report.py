@@ -319,7 +319,14 @@ def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, ro
               "and the lowest over the evaluations (best); mean ± standard deviation over seeds where a "
               "configuration has several. Δ = final − paper.", ""]
     stand_ins = any(r.run.stands_for for r in results)
+    references = any(r.run.reference is not None for r in results)
+    if references:
+        lines += ["The column *paper, full-size* gives the published final error of the network a run "
+                  "stands in for, trained with the full recipe (drawn as a dotted line in the curves); it "
+                  "is a reference point, not a target for the shortened run.", ""]
     head = ["model", "data", "params", "MACs", "final error", "best error", "paper", "Δ", "status"]
+    if references:
+        head.insert(1, "paper, full-size")
     if stand_ins:
         head.insert(1, "stands in for")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -333,6 +340,8 @@ def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, ro
         row = [g.first.label, g.first.dataset, human(params), human(macs),
                fmt_stat(final, several), fmt_stat(best, several), fmt(paper),
                "—" if delta is None else f"{delta:+.2f}", _status_of_group(g)]
+        if references:
+            row.insert(1, fmt(g.first.reference))
         if stand_ins:
             row.insert(1, g.first.stands_for or "—")
         lines.append("| " + " | ".join(row) + " |")
@@ -376,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="where report.md and the PNGs go (default: ROOT)")
     p.add_argument("--budget", default=None, choices=studies.BUDGETS,
                    help="only needed for a root without study.json (runs launched from --print lines)")
-    p.add_argument("--data_dir", default=None, help="as given to experiments.run, for --budget=cifar10-sample")
+    p.add_argument("--data_dir", default=None,
+                   help="as given to experiments.run, for --budget=cifar10-sample or cifar100-cpu")
     p.add_argument("--no_plots", action="store_true")
     a = p.parse_args(argv)
     try:

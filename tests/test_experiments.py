@@ -164,6 +164,37 @@ def test_budgets_shrink_every_run(capsys, tmp_path):
     assert len(lines) == 1 and "--config.model.name=resnet_tiny" in lines[0] and "--config.seed=2" in lines[0]
 
 
+def test_cifar100_budget_prints_valid_commands(capsys, tmp_path):
+    """--budget=cifar100-cpu: equal-size stand-ins on both CIFAR-100 files, the C100+ recipe for both
+    families, and the full-size network's published error as the reference."""
+    rvd = studies.study_runs("resnet_vs_densenet", "cifar100-cpu", data_dir="/c100")
+    pvp = studies.study_runs("pre_vs_post_activation", "cifar100-cpu", data_dir="/c100")
+    assert [r.name for r in rvd] == ["densenet_bc22_k12_c100cpu", "preact_resnet8_c100cpu"]
+    assert [r.name for r in pvp] == [f"{net}_{v}_c100cpu" for net in ("densenet_bc22_k12", "resnet8")
+                                     for v in ("pre", "post")]
+    assert [r.reference for r in rvd] == [published.error("densenet_bc100_k12", "c100+"),
+                                          published.error("preact_resnet164", "c100+")]
+    assert [r.reference for r in pvp if r.model == "resnet_cifar"] == [published.error("preact_resnet164", "c100+"),
+                                                                       published.error("resnet164", "c100+")]
+    lines = print_lines(capsys, "pre_vs_post_activation", f"--root={tmp_path}", "--budget=cifar100-cpu",
+                        "--print", "--data_dir=/c100")
+    assert len(lines) == 4
+    sizes = {}
+    for line, r in zip(lines, pvp):
+        argv = shlex.split(line)
+        assert argv[:3] == ["python", "-m", "dnjax.main"] and f"--workdir={tmp_path}/{r.name}" in argv
+        assert "--config.data.npz_train=/c100/train_part1.npz,/c100/train_part2.npz" in argv
+        c = report.config_of_run(r)
+        config_lib.validate(c)
+        assert (c.batch_size, c.optim.nesterov, c.optim.learning_rate, c.optim.decay_at, c.data.augment,
+                c.data.num_classes, c.num_epochs, c.eval_every_epochs) == (64, True, 0.1, (0.5, 0.75), True, 100, 2.0, 0.5)
+        assert c.data.npz_test == "/c100/test.npz" and c.data.test_limit is None  # the whole test set
+        if r.variant == "pre":
+            sizes[r.model] = report.network_size(c)[0]
+    # Roughly equal sizes: DenseNet-BC L=22 k=12 and ResNet-8 with 100 classes, within 5%.
+    assert sizes == {"densenet_cifar": 77_986, "resnet_cifar": 81_140}
+
+
 def test_slurm_script_has_one_task_per_run(capsys):
     runs = studies.STUDIES["resnet_vs_densenet"].runs
     assert run.main(["resnet_vs_densenet", "--root=/scratch/rvd", "--print", "--format=slurm"]) == 0

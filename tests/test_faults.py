@@ -507,6 +507,38 @@ def test_bad_npz_data_stops_before_training(tmp_path, case):
     assert not workdir.exists()  # stopped before creating anything, let alone compiling
 
 
+@pytest.mark.parametrize("case", ["shapes differ", "dtypes differ", "glob matches nothing", "no such label key",
+                                  "labels out of range after a key change"])
+def test_bad_npz_parts_stop_before_training(tmp_path, case):
+    a = _npz(tmp_path / "a.npz", coarse_label=np.zeros(40, np.int64), **_good_arrays())
+    b_arrays = dict(_good_arrays(seed=1), coarse_label=np.zeros(40, np.int64))
+    extra: list[str] = []
+    if case == "shapes differ":
+        b_arrays["image"] = b_arrays["image"][:, :4]
+        needles = ["b.npz", "(4, 8, 3)", "(8, 8, 3)"]
+    elif case == "dtypes differ":
+        b_arrays["image"] = b_arrays["image"].astype(np.float32)
+        needles = ["b.npz", "float32"]
+    elif case == "glob matches nothing":
+        needles = ["npz_train", "c_*.npz", "matches no file"]
+    elif case == "no such label key":
+        extra, needles = ["--config.data.npz_label=fine"], ["a.npz", "'fine'", "npz_label"]
+    else:  # the fine labels (0..9) with the class count of a coarser labelling
+        extra, needles = ["--config.data.num_classes=5"], ["a.npz", "'label'", "outside [0, 5)"]
+    b = _npz(tmp_path / "b.npz", **b_arrays)
+    parts = f"{a},{b}" + (f",{tmp_path / 'c_*.npz'}" if case == "glob matches nothing" else "")
+    workdir = tmp_path / "w"
+    r = runs.run_main(workdir, "--config.data.dataset=npz", f"--config.data.npz_train={parts}",
+                      f"--config.data.npz_test={a}", *extra, timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), last
+    for needle in needles:
+        assert needle in last, last
+    assert "Traceback" not in r.stderr
+    assert not workdir.exists()
+
+
 def test_padding_larger_than_the_images_is_refused(tmp_path):
     config = _tiny_config()
     config.data.pad = 9  # the digits are 8x8

@@ -599,3 +599,91 @@ def test_imagenet_loader_unprepared(tmp_path):
     message = str(e.value)
     assert "tfds build imagenet2012" in message and "--manual_dir" in message
     assert str(tmp_path) in message
+
+
+# --------------------------------------------------------------------------------------------
+# npz splits in several parts, and the real CIFAR-100
+
+CIFAR100 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar100"
+
+
+def _part(tmp_path: Path, name: str, first_label: int, n: int = 4, shape=(4, 4, 3), dtype=np.uint8) -> str:
+    """A part whose labels (and first pixel) count up from ``first_label``, so order is visible."""
+    labels = np.arange(first_label, first_label + n)
+    images = np.zeros((n, *shape), dtype)
+    images[:, 0, 0, 0] = labels
+    return write_npz(tmp_path / name, image=images, label=labels, coarse_label=labels // 4)
+
+
+def test_npz_parts_concatenate_in_the_order_given(tmp_path):
+    c = _part(tmp_path, "c.npz", 8)
+    a = _part(tmp_path, "a.npz", 0)
+    b = _part(tmp_path, "b.npz", 4)
+    test = write_npz(tmp_path / "test.npz", **good_train(6))
+    train, _, info = ip.load_in_memory(data_config(dataset="npz", npz_train=f"{c}, {a},{b}", npz_test=test,
+                                                   num_classes=12))
+    np.testing.assert_array_equal(train.labels, np.r_[8:12, 0:4, 4:8])
+    np.testing.assert_array_equal(train.images[:, 0, 0, 0], train.labels)
+    assert info.num_train == 12 and train.labels.dtype == np.int32
+    # A glob takes its matches in sorted order; a limit cuts the concatenation.
+    train, _, _ = ip.load_in_memory(data_config(dataset="npz", npz_train=str(tmp_path / "[abc].npz"),
+                                                npz_test=test, train_limit=6, num_classes=12))
+    np.testing.assert_array_equal(train.labels, np.r_[0:6])
+
+
+def test_npz_label_key_selects_the_label_array(tmp_path):
+    parts = ",".join(_part(tmp_path, f"p{i}.npz", 4 * i) for i in range(3))
+    test = _part(tmp_path, "test.npz", 0)
+    train, test_split, info = ip.load_in_memory(
+        data_config(dataset="npz", npz_train=parts, npz_test=test, npz_label="coarse_label"))
+    np.testing.assert_array_equal(train.labels, np.repeat([0, 1, 2], 4))
+    assert info.num_classes == 3 and test_split.labels.tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("case", ["shape", "dtype", "glob", "label key", "labels after key change",
+                                  "empty part", "missing part", "named twice"])
+def test_npz_parts_bad_input(tmp_path, case):
+    a = _part(tmp_path, "a.npz", 0)
+    test = _part(tmp_path, "test.npz", 0)
+    fields = dict(dataset="npz", npz_train=a, npz_test=test)
+    if case == "shape":
+        b = _part(tmp_path, "b.npz", 4, shape=(4, 4, 1))
+        fields["npz_train"], needles = f"{a},{b}", [b, "'image'", "(4, 4, 1)", "(4, 4, 3)", a]
+    elif case == "dtype":
+        b = _part(tmp_path, "b.npz", 4, dtype=np.float32)
+        fields["npz_train"], needles = f"{a},{b}", [b, "float32", "uint8"]
+    elif case == "glob":
+        fields["npz_test"], needles = str(tmp_path / "nothing_*.npz"), ["npz_test", "nothing_*.npz", "matches no file"]
+    elif case == "label key":
+        fields["npz_label"], needles = "fine_label", [a, "fine_label", "coarse_label", "data.npz_label"]
+    elif case == "labels after key change":
+        fields["num_classes"], needles = 2, [a, "'label'", "outside [0, 2)"]
+    elif case == "empty part":
+        b = write_npz(tmp_path / "b.npz", image=np.zeros((0, 4, 4, 3), np.uint8), label=np.zeros(0, np.int64))
+        fields["npz_train"], needles = f"{a},{b}", [b, "empty"]
+    elif case == "missing part":
+        fields["npz_train"], needles = f"{a},{tmp_path / 'gone.npz'}", ["gone.npz", "does not exist"]
+    else:
+        fields["npz_train"], needles = f"{a},{a}", [a, "named twice"]
+    with pytest.raises(ip.DataError) as e:
+        ip.load_in_memory(data_config(**fields))
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+
+
+@pytest.mark.skipif(not (CIFAR100 / "train_part1.npz").exists(),
+                    reason="the real CIFAR-100 (../shared/data/cifar100) is not on this machine")
+def test_cifar100_in_two_parts_is_the_whole_official_split():
+    config = data_config(dataset="npz", npz_train=f"{CIFAR100 / 'train_part1.npz'},{CIFAR100 / 'train_part2.npz'}",
+                         npz_test=str(CIFAR100 / "test.npz"))
+    train, test, info = ip.load_in_memory(config)
+    assert (info.num_train, info.num_test, info.num_classes, info.image_shape) == (50000, 10000, 100, (32, 32, 3))
+    assert np.bincount(train.labels, minlength=100).tolist() == [500] * 100
+    assert np.bincount(test.labels, minlength=100).tolist() == [100] * 100
+    # The mean/std normalisation computed from the training images is CIFAR-100's published one.
+    np.testing.assert_allclose(info.mean, (129.3, 124.1, 112.4), atol=0.05)
+    np.testing.assert_allclose(info.std, (68.2, 65.4, 70.4), atol=0.05)
+    # The superclasses: the same test images through a glob and the coarse label array.
+    _, coarse, info = ip.load_in_memory(data_config(dataset="npz", npz_train=str(CIFAR100 / "test*.npz"),
+                                                    npz_test=str(CIFAR100 / "test.npz"), npz_label="coarse_label"))
+    assert info.num_classes == 20 and np.bincount(coarse.labels).tolist() == [500] * 20
