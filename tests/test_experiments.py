@@ -490,3 +490,18 @@ def test_smoke_study_end_to_end(tmp_path):
     assert all(len(row) == 3 for b in blocks for row in b["matrix"])
     assert all(max(v for v in col if v is not None) == 1.0
                for b in blocks for col in zip(*b["matrix"]))
+
+
+def test_cost_of_a_full_run_from_the_step_time():
+    from experiments import cost
+
+    c = cost.Cost(model="densenet_bc100_k12", label="DenseNet-BC (L=100, k=12)", params=800_032, batch=64,
+                  epochs=300.0, step_s=0.5, step_s_min=0.4, compile_s=10.0, device="cpu", date="2026-12-02")
+    assert c.steps_per_epoch == 781  # 50,000 // 64: the trainer drops the last, partial batch
+    assert c.epoch_s == 390.5 and c.total_s == 117_150.0
+    assert [cost.duration(s) for s in (90, 7200, 117_150, 400_000)] == ["1.5 min", "2.0 h", "32.5 h", "4.6 days"]
+    row = cost.table([c]).splitlines()[-1]
+    assert row == "| DenseNet-BC (L=100, k=12) | 800,032 | 64 | 300 | 0.50 s | 6.5 min | 32.5 h |"
+    # Each network of the comparison has a C100+ config whose schedule the table uses.
+    assert {studies.paper_run(m, "c100+").config.split(":")[0] for m in cost.MODELS} == {
+        studies.DENSENET_CONFIG, studies.RESNET_CONFIG}
