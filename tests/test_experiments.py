@@ -496,7 +496,7 @@ def test_cost_of_a_full_run_from_the_step_time():
     from experiments import cost
 
     c = cost.Cost(model="densenet_bc100_k12", label="DenseNet-BC (L=100, k=12)", params=800_032, batch=64,
-                  epochs=300.0, step_s=0.5, step_s_min=0.4, compile_s=10.0, device="cpu", date="2026-12-02")
+                  memory_efficient=False, epochs=300.0, step_s=0.5, step_s_min=0.4, compile_s=10.0, device="cpu", date="2026-12-02")
     assert c.steps_per_epoch == 781  # 50,000 // 64: the trainer drops the last, partial batch
     assert c.epoch_s == 390.5 and c.total_s == 117_150.0
     assert [cost.duration(s) for s in (90, 7200, 117_150, 400_000)] == ["1.5 min", "2.0 h", "32.5 h", "4.6 days"]
