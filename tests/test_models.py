@@ -448,6 +448,30 @@ def test_memory_efficient_mode_gives_the_same_loss_and_gradients(remat_runs):
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(plain["grads"]))
 
 
+def test_a_changed_dense_layer_stops_the_memory_efficient_mode_it_would_not_reach(monkeypatch):
+    """The efficient block mirrors DenseLayer instead of calling it: once DenseLayer computes
+    something else (here: no ReLU after the first BatchNorm), building the memory-efficient mode
+    fails naming efficient_block, while the plain mode, which does call the layer, still builds."""
+    assert densenet.dense_layer_fingerprint() == efficient_block.MIRRORED_DENSE_LAYER
+    get_model("densenet_bc100_k12", memory_efficient=True)
+
+    def edited_call(self, features, train):
+        x = self.norm(name="norm1")(densenet._concat(features))
+        x = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
+        x = nn.relu(self.norm(name="norm2")(x))
+        return self.conv(self.growth_rate, (3, 3), padding=1, name="conv2")(x)
+
+    monkeypatch.setattr(densenet.DenseLayer, "__call__", edited_call)
+    assert densenet.dense_layer_fingerprint() != efficient_block.MIRRORED_DENSE_LAYER
+    with pytest.raises(ValueError, match="efficient_block.py.*would silently ignore"):
+        get_model("densenet_bc100_k12", memory_efficient=True)
+    with pytest.raises(ValueError, match="DenseLayer was changed"):
+        get_model("densenet121", memory_efficient=True)
+    get_model("densenet_bc100_k12")  # the plain mode uses the edited layer
+    get_model("densenet40_k12", memory_efficient=True)  # no bottleneck: remat of the layer itself
+    get_model("densenet_bc100_k12", memory_efficient=True, activation="post")  # PostActDenseLayer
+
+
 def test_memory_efficient_mode_updates_batchnorm_statistics_once(remat_runs):
     """Same running statistics in both modes, and for the first BatchNorm (on the stem output)
     exactly one momentum-0.9 step from (0, 1): mean 0.1*m and var 0.9 + 0.1*v with v the biased

@@ -16,12 +16,21 @@ normalised inputs instead of keeping them and accumulates input gradients in pla
 :mod:`dnjax.models.efficient_block`); no convolution runs twice. Other layers are wrapped in
 ``nn.remat``. The parameters and BatchNorm statistics are the same variables in both modes, and
 running statistics are updated once per step.
+
+The efficient block does not call :class:`DenseLayer`: it mirrors it. A change to
+``DenseLayer`` must be made in :mod:`dnjax.models.efficient_block` as well;
+:func:`dense_layer_fingerprint` makes the efficient mode refuse to build until it is.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import functools
+import hashlib
+import inspect
 import math
+import textwrap
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -57,6 +66,13 @@ class DenseLayer(nn.Module):
 
     Takes the list of feature maps produced so far and concatenates them itself, so that under
     ``nn.remat`` the concatenation is part of what gets recomputed.
+
+    EDITING THIS LAYER: with ``memory_efficient=True`` and ``bottleneck=True`` this class is never
+    called. Its computation is mirrored, forward and hand-written backward, by
+    ``dnjax/models/efficient_block.py`` (``dense_block`` and ``_block_bwd``). Make the same change
+    there, check it with ``tests/test_models.py -k efficient``, then set
+    ``efficient_block.MIRRORED_DENSE_LAYER`` to the new ``dense_layer_fingerprint()``. Until then
+    the memory-efficient mode refuses to build (the plain mode is unaffected).
     """
 
     growth_rate: int
@@ -80,6 +96,33 @@ class DenseLayer(nn.Module):
             x = nn.relu(self.norm(name="norm1")(_concat(features)))
             x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv1")(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+
+def dense_layer_fingerprint(layer_cls: type = DenseLayer) -> str:
+    """A hash of what :class:`DenseLayer` computes: the syntax tree of its ``__call__`` (comments,
+    docstrings and formatting left out) and its fields with their defaults."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(layer_cls.__call__)))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    fields = [(f.name, "required" if f.default is dataclasses.MISSING else repr(f.default))
+              for f in dataclasses.fields(layer_cls) if f.name not in ("parent", "name")]
+    return hashlib.sha256((ast.dump(tree) + repr(fields)).encode()).hexdigest()[:16]
+
+
+def check_efficient_block_mirrors_dense_layer() -> None:
+    """ValueError when :class:`DenseLayer` changed since the efficient block was written to mirror it."""
+    now = dense_layer_fingerprint()
+    if now != efficient_block.MIRRORED_DENSE_LAYER:
+        raise ValueError(
+            "memory_efficient=True cannot be used: DenseLayer was changed (fingerprint "
+            f"{now}, efficient_block.MIRRORED_DENSE_LAYER is {efficient_block.MIRRORED_DENSE_LAYER}) and the "
+            "memory-efficient block (dnjax/models/efficient_block.py), which mirrors it instead of calling "
+            "it, would silently ignore the change. Port the change there, then update "
+            "MIRRORED_DENSE_LAYER; or train with memory_efficient=False"
+        )
 
 
 class PostActDenseLayer(nn.Module):
@@ -344,6 +387,8 @@ def validate_densenet(m: DenseNet) -> None:
     common.check_choice("activation", m.activation, ACTIVATIONS)
     common.check_choice("stem", m.stem, STEMS)
     common.resolve_dtype(m.dtype)
+    if m.memory_efficient and m.bottleneck and m.activation == "pre":  # the efficient block engages
+        check_efficient_block_mirrors_dense_layer()
 
 
 def cifar_block_sizes(depth: int, bottleneck: bool) -> tuple[int, int, int]:

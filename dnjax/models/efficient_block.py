@@ -27,6 +27,11 @@ BatchNorm statistics of a feature are the same for every later layer that normal
 are computed once per feature. Dropout masks are regenerated from their keys in the backward pass.
 The forward pass (:func:`dense_block`) is an ordinary JAX function: differentiated by autodiff it
 is the reference the hand-written backward is tested against.
+
+This module MIRRORS :class:`dnjax.models.densenet.DenseLayer` (bottleneck form) rather than calling
+it: an edit to ``DenseLayer`` is not seen here. ``MIRRORED_DENSE_LAYER`` is the fingerprint of
+the ``DenseLayer`` this block matches; ``DenseNet`` refuses ``memory_efficient=True`` when the two
+differ, so a changed layer fails loudly instead of being ignored.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from dnjax.models.common import affine, batch_variance, moments
+
+# densenet.dense_layer_fingerprint() of the DenseLayer this block mirrors. Change it only after
+# porting a DenseLayer change to dense_block and _block_bwd (and running the efficient tests).
+MIRRORED_DENSE_LAYER = "516972e98cbb176a"
 
 f32 = jnp.float32
 
