@@ -1,8 +1,13 @@
-"""Published figures the code is checked against (../docs/spec.md collects their sources).
+"""Published figures, the one place the code, the configs' docstrings, the reports and the README
+tables take them from (tests check the docstrings and the README's zoo table against this module).
+
+Sources: the DenseNet paper (Huang et al., arXiv 1608.06993: Tables 1-3 and Figure 3), its official
+code and README (DenseNet-161), He et al. 2015 (arXiv 1512.03385) and 2016 (arXiv 1603.05027) for
+the ResNets, torchvision's model documentation and fb.resnet.torch for the ImageNet ResNets.
 
 Parameter counts are the exact figures of the reference implementations where they exist
-(DenseNet CIFAR rows, torchvision's DenseNet-121/161/169/201), rounded otherwise. Errors are %
-test error of the paper's single runs at the end of training.
+(DenseNet CIFAR rows, torchvision's DenseNet-121/161/169/201 and ResNets), rounded as the papers
+print them otherwise. Errors are % test error of the paper's single runs at the end of training.
 """
 
 # name -> (params for 10 classes, params for 100 classes or None)
@@ -37,7 +42,8 @@ IMAGENET_PARAMS = {
     "resnet152": 60_192_808,
 }
 
-# MACs per image at the native resolution, as the spec lists them.
+# Multiply-accumulates per image at the native resolution, counted on the reference models; the
+# zoo's own counts (python -m dnjax.models) are checked against them.
 MACS = {
     "densenet40_k12": 264.8e6,
     "densenet100_k12": 1.77e9,

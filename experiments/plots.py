@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import matplotlib
 
@@ -23,18 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-if TYPE_CHECKING:
-    from experiments.report import RunResult
-    from experiments.studies import Study
+from dnjax.units import human  # noqa: E402
+from experiments.results import RunResult  # noqa: E402
+from experiments.studies import Study  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
-
-def _human(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if v >= scale:
-            return f"{v / scale:g}{unit}"
-    return f"{v:g}"
 
 
 def _datasets(results: Sequence["RunResult"]) -> list[str]:
@@ -137,7 +130,7 @@ def efficiency(results: Sequence["RunResult"], path: Path, title: str = "") -> P
                             label=f"{family} (paper)")
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _human(v)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: human(v)))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.margins(x=0.15, y=0.15)
             ax.set(xlabel=xlabel, ylabel="final test error (%)", title=f"{dataset}: error vs {xlabel}{title}")

@@ -77,9 +77,5 @@ def describe(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
-def human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}" if n / scale < 100 else f"{n / scale:.1f}{unit}"
-    return str(int(n))
+from dnjax.units import human  # noqa: E402  (the zoo table's formatter, re-exported)
 
