@@ -34,19 +34,10 @@ Any other size through the generic builder, e.g. DenseNet-BC L=52, k=12:
 ``python -m experiments.run table2 --print`` lists every row's command.
 """
 
-from configs import default, recipes
+from dnjax import recipes
 
-MODELS = (
-    "densenet40_k12", "densenet100_k12", "densenet100_k24", "densenet_bc100_k12",
-    "densenet_bc250_k24", "densenet_bc190_k40", "densenet_cifar",
-)
+MODELS = recipes.DENSENET_MODELS
 
 
 def get_config(arg="densenet_bc100_k12,c10+"):
-    model, dataset = recipes.parse_model_dataset(arg, "densenet_bc100_k12", MODELS)
-    c = default.get_config()
-    c.model.name = model
-    c.batch_size = 64
-    c.num_epochs = 300.0
-    recipes.apply_dataset(c, dataset)
-    return c
+    return recipes.cifar_densenet(arg)

@@ -25,26 +25,11 @@ through resnet_cifar (6n+2, basic units) or resnet_cifar_bottleneck (9n+2), e.g.
 ``--config=configs/cifar_resnet.py:resnet_cifar,c10+ --config.model.depth=56`` (6.97).
 """
 
-from configs import default, recipes
+from dnjax import recipes
 
-MODELS = (
-    "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "preact_resnet110", "resnet1202",
-    "resnet164", "preact_resnet164", "resnet1001", "preact_resnet1001",
-    "resnet_cifar", "resnet_cifar_bottleneck",
-)
-WARMUP_MODELS = ("resnet110", "preact_resnet110")
+MODELS = recipes.RESNET_MODELS
+WARMUP_MODELS = recipes.RESNET_WARMUP_MODELS
 
 
 def get_config(arg="preact_resnet164,c10+"):
-    model, dataset = recipes.parse_model_dataset(arg, "preact_resnet164", MODELS)
-    c = default.get_config()
-    c.model.name = model
-    recipes.apply_dataset(c, dataset)
-    c.model.dropout_rate = None  # ResNets have no dropout
-    c.batch_size = 128
-    c.num_epochs = 164.0  # 64k iterations at batch 128 on 50k images
-    c.optim.nesterov = False
-    if model in WARMUP_MODELS:
-        c.optim.warmup_epochs = 1.0
-        c.optim.warmup_factor = 0.1
-    return c
+    return recipes.cifar_resnet(arg)

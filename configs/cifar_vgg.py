@@ -7,21 +7,14 @@ comparison with a DenseNet row of Table 2 differs in the architecture only. With
 
     python -m dnjax.main --config=configs/cifar_vgg.py:vgg16,c10+ --workdir=runs/vgg16_c10+
 
-Published: the DenseNet paper has no VGG row, and docs/spec.md lists no figure for these
+Published: the DenseNet paper has no VGG row and dnjax.published holds no figure for these
 networks, so the reports show none.
 """
 
-from configs import default, recipes
+from dnjax import recipes
 
-MODELS = ("vgg11", "vgg13", "vgg16", "vgg19")
+MODELS = recipes.VGG_MODELS
 
 
 def get_config(arg="vgg16,c10+"):
-    model, dataset = recipes.parse_model_dataset(arg, "vgg16", MODELS)
-    c = default.get_config()
-    c.model.name = model
-    c.batch_size = 64
-    c.num_epochs = 300.0
-    recipes.apply_dataset(c, dataset)
-    c.model.dropout_rate = None
-    return c
+    return recipes.cifar_vgg(arg)

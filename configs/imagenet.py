@@ -24,27 +24,10 @@ Published top-1 error (%, single crop, validation set):
 Any other ImageNet network of the zoo works too (resnet18..152, preact_resnet18..152).
 """
 
-from configs import default
+from dnjax import recipes
 
-MODELS = (
-    "densenet121", "densenet169", "densenet201", "densenet161", "densenet264",
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "preact_resnet18", "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152",
-)
+MODELS = recipes.IMAGENET_MODELS
 
 
 def get_config(arg="densenet121"):
-    model = (arg or "densenet121").strip()
-    if model not in MODELS:
-        raise ValueError(f"config argument {arg!r} is not an ImageNet network; use one of {', '.join(MODELS)}")
-    c = default.get_config()
-    c.model.name = model
-    c.data.dataset = "imagenet2012"
-    c.data.image_size = 224
-    c.batch_size = 256
-    c.eval_batch_size = 256
-    c.num_epochs = 90.0
-    c.optim.decay_at = (1 / 3, 2 / 3)
-    c.dtype = "bfloat16"
-    c.log_every_steps = 100
-    return c
+    return recipes.imagenet(arg)

@@ -5,8 +5,8 @@ top-1 error, single crop). ``configs/imagenet.py`` documents the recipe and the 
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 """
 
-from configs import imagenet
+from dnjax import recipes
 
 
 def get_config():
-    return imagenet.get_config("densenet121")
+    return recipes.imagenet("densenet121")

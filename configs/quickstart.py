@@ -6,12 +6,11 @@ two CPU cores, and the test error falls from 90% (chance) to a few percent.
     python -m dnjax.main --config=configs/quickstart.py --workdir=/tmp/dnjax-quickstart
 """
 
-from configs import default
+from dnjax import defaults
 
 
 def get_config():
-    c = default.get_config()
-    c.model.name = "densenet_cifar"
+    c = defaults.get_config("densenet_cifar")
     c.model.depth = 16  # DenseNet-BC, 2 bottleneck layers per block
     c.model.growth_rate = 12
     c.model.bottleneck = True

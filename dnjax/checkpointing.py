@@ -193,13 +193,10 @@ class Checkpoints:
         return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
 
     @staticmethod
-    def _args(state: Any, meta: dict[str, Any], data_iter: Any = None) -> ocp.args.Composite:
-        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        if data_iter is not None:  # a streamed input's position, one file per process
-            import grain
-
-            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        return ocp.args.Composite(**items)
+    def _args(state: Any, meta: dict[str, Any], items: dict[str, Any] | None = None) -> ocp.args.Composite:
+        # ``items``: what the data source saves besides the state (a streamed input's position)
+        return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+                                  **(items or {}))
 
     def _with_fingerprint(self, step: int, state: Any, meta: dict[str, Any]) -> dict[str, Any]:
         if self._fingerprinted[0] != step:
@@ -207,12 +204,12 @@ class Checkpoints:
         return dict(meta, fingerprint=self._fingerprinted[1])
 
     def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False,
-             data_iter: Any = None) -> bool:
+             items: dict[str, Any] | None = None) -> bool:
         # Every earlier best save completes before a newer checkpoint can: a crash can then lose
         # at most the best save of the step being resumed, which complete_best() redoes.
         self.best.wait_until_finished()
         meta = self._with_fingerprint(step, state, meta)
-        return self.latest.save(step, args=self._args(state, meta, data_iter), force=force)
+        return self.latest.save(step, args=self._args(state, meta, items), force=force)
 
     def _best_error(self) -> float | None:
         best = self.best.best_step()
@@ -250,11 +247,12 @@ class Checkpoints:
 
     def restore(self, abstract_state: Any, *, which: str = "latest", step: int | None = None,
                 shapes: dict[str, list[int]] | None = None,
-                data_iter: Any = None) -> tuple[Any, dict[str, Any]] | None:
+                items: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]] | None:
         """Restores the newest intact checkpoint (or ``step``); None when there is none at all.
 
         ``shapes`` are the current config's parameter shapes: a checkpoint of a different model
-        is refused with the differences listed, before any array is read.
+        is refused with the differences listed, before any array is read. ``items`` are restored
+        with the state (the data source's ``restore_items()``).
         """
         mngr = self.latest if which == "latest" else self.best
         candidates = [step] if step is not None else self.steps(which)
@@ -279,12 +277,8 @@ class Checkpoints:
                         "config that wrote it. Nothing in the workdir was changed."
                     )
             try:
-                items = dict(state=ocp.args.StandardRestore(abstract_state))
-                if data_iter is not None:
-                    import grain
-
-                    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-                restored = mngr.restore(s, args=ocp.args.Composite(**items))
+                restored = mngr.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), **(items or {})))
             except Exception as e:
                 skipped.append((s, f"unreadable state ({_one_line(e)})"))
                 log.warning("Skipping checkpoint %s/%d: %s", mngr.directory, s, skipped[-1][1])

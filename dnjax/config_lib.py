@@ -7,19 +7,20 @@ first second with a one-line message rather than minutes later inside a trace.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import ml_collections
 
-from dnjax import models
+from dnjax import defaults, models, profiling
+from dnjax.data.choices import DATASETS, NORMALIZATIONS
+from dnjax.models.common import DTYPES
 
-DATASETS = ("digits", "npz", "cifar10", "cifar100", "svhn_cropped", "imagenet2012")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("piecewise", "cosine", "constant")
-DTYPES = ("float32", "bfloat16")
 MAX_STEPS = 2**31 - 1
-NORMALIZATIONS = ("mean_std", "scale")
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError on the first bad field."""
     if config.model.name not in models.ZOO:
         _fail("model.name", config.model.name, f"valid names are {sorted(models.ZOO)}")
-    valid = models.accepted_fields(models.ZOO[config.model.name].factory)
+    valid = sorted(models.field_types(config.model.name))
     for k in model_overrides(config):
         if k not in valid:
             _fail(f"model.{k}", config.model[k], f"model {config.model.name!r} has no field {k!r}; "
@@ -113,6 +114,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("checkpoint_every_epochs", config.checkpoint_every_epochs, low=0, low_open=True)
     _integer("log_every_steps", config.log_every_steps, low=1)
     _integer("keep_checkpoints", config.keep_checkpoints, low=1)
+    try:
+        profiling.parse_steps(config.get("profile_steps", ""))
+    except ValueError as e:
+        _fail("profile_steps", config.profile_steps, str(e))
     # Build the model once so that model-field errors surface now, not inside a trace.
     build_model(config, d.num_classes or 10)
 
@@ -177,3 +182,99 @@ def check_model(config: ml_collections.ConfigDict, model, image_shape) -> None:
             f"config.model.name={config.model.name!r} ({fields or 'the zoo defaults'}) cannot be "
             f"built for {tuple(image_shape)} images: {type(e).__name__}: {e}"
         ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line overrides and saved configs
+
+
+def _missing_path(config: ml_collections.ConfigDict, path: str) -> str | None:
+    """The first part of the dotted ``path`` that ``config`` does not have, as a dotted prefix."""
+    node: Any = config
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return ".".join(parts[: i + 1])
+        node = node[part]
+    return None
+
+
+def unknown_field_message(config: ml_collections.ConfigDict, path: str) -> str:
+    """A one-line message for ``--config.<path>`` naming a field ``config`` does not have."""
+    missing = _missing_path(config, path)
+    if missing is None:
+        return f"config.{path} cannot be set"
+    if missing.startswith("model.") and missing.count(".") == 1:
+        name, field = config.model.name, missing.split(".")[1]
+        have = [n for n in models.ZOO if field in models.field_types(n)]
+        same = [n for n in have if models.ZOO[n].family == models.ZOO[name].family]
+        shown = (same or have)[:4]
+        hint = (f"networks that have it: {', '.join(shown)}{', ...' if len(same or have) > 4 else ''} "
+                "(choose one in the config file's argument)" if have else "no network of the zoo has it")
+        return (f"config.{missing} does not exist: model {name!r} has the fields "
+                f"{sorted(models.field_types(name))}; {hint}")
+    parent = missing.rpartition(".")[0]
+    node = _get(config, parent) if parent else config
+    return f"config.{missing} does not exist; config{'.' + parent if parent else ''} has {sorted(node.keys())}"
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str], flag: str = "config") -> None:
+    """ConfigError for the first ``--<flag>.<path>=...`` of ``argv`` naming a field that
+    ``config`` (the config file's, before overrides) does not have."""
+    prefix = f"--{flag}."
+    for arg in argv:
+        if arg.startswith(prefix):
+            path = arg[len(prefix):].split("=", 1)[0]
+            if _missing_path(config, path) is not None:
+                raise ConfigError(unknown_field_message(config, path))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """The config of ``--config=PATH[:ARG]``, loaded as config_flags loads it."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("dnjax_config_file", path)
+    if module_spec is None or not Path(path).is_file():
+        raise ConfigError(f"--config={spec}: {path} is not a config file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A run's config from its ``config.json``: the defaults for its model, updated with what was
+    saved. Model fields another version of the layout wrote as None (unset) are dropped."""
+    model = dict(saved.get("model", {}))
+    name = model.get("name", defaults.DEFAULT_MODEL)
+    config = defaults.get_config(name)
+    fields = models.field_types(name) if name in models.ZOO else {}
+    saved = dict(saved, model={k: v for k, v in model.items()
+                               if k == "name" or k in fields or v is not None})
+    config.update_from_flattened_dict(_flatten(saved))
+    return config
+
+
+def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a run saved in ``workdir/config.json``."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {workdir} the workdir of a dnjax run?")
+    return from_json(json.loads(path.read_text()))

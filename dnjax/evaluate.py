@@ -12,8 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-import ml_collections
 from absl import app, flags
+
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
 _WHICH = flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
@@ -22,45 +22,20 @@ _JSON = flags.DEFINE_bool("json", False, "Print the metrics as one JSON object."
 flags.mark_flag_as_required("workdir")
 
 
-def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {workdir} the workdir of a dnjax run?")
-    from configs import default
-
-    config = default.get_config()
-    config.unlock()
-    config.update_from_flattened_dict(_flatten(json.loads(path.read_text())))
-    return config
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
 def evaluate_workdir(workdir: str | Path, which: str = "latest", step: int | None = None) -> dict:
-    from dnjax import checkpointing, train
+    """Builds the run's setup (data, model, steps; no trainer, nothing written) and evaluates a
+    checkpoint on the whole test split."""
+    from dnjax import checkpointing, config_lib, train
 
-    config = load_run_config(workdir)
-    trainer = train.Trainer(config, workdir)
+    config = config_lib.load_run_config(workdir)
+    setup = train.Setup(config)
     ckpts = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
     try:
-        template = trainer.init_state()
-        restored = ckpts.restore(
-            train.abstract_state(template, trainer.mesh), which=which, step=step,
-            shapes=checkpointing.param_shapes(template.params),
-        )
+        restored = setup.restore(ckpts, which=which, step=step)
         if restored is None:
             raise checkpointing.CheckpointError(f"No {which} checkpoint in {workdir}")
         state, meta = restored
-        _, _, test_images, test_labels = trainer.device_data()
-        metrics = trainer.evaluate(state, test_images, test_labels)
+        metrics = setup.evaluate(state)
     finally:
         ckpts.close()
     metrics.update(step=meta["step"], epoch=meta.get("epoch"), which=which)

@@ -102,3 +102,4 @@ class MetricsLog:
 def records(workdir: str | os.PathLike, kind: str | None = None) -> Iterator[dict[str, Any]]:
     recs, _ = read_jsonl(Path(workdir) / METRICS_FILE)
     return (r for r in recs if kind is None or r.get("type") == kind)
+

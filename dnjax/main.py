@@ -80,7 +80,7 @@ def main(argv):
                            _HEARTBEAT.value)
 
     from dnjax import config_lib, train
-    from dnjax.input_pipeline import DataError
+    from dnjax.data import DataError
 
     try:
         result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -121,8 +121,27 @@ def main(argv):
     return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error (status 2) for ``--config.FIELD=...`` naming a
+    field the config does not have, where ml_collections would end in a traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        from dnjax import config_lib
+
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        message = f"error: a --config.FIELD override names no field of the config: {e}"
+        if spec is not None:
+            try:
+                config_lib.check_overrides(config_lib.load_config_file(spec), argv[1:])
+            except config_lib.ConfigError as known:
+                message = f"error: {known}"
+        print(message, file=sys.stderr)
+        sys.exit(2)
+
+
 def run():
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

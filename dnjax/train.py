@@ -1,10 +1,15 @@
-"""Training and evaluation: the train state, the jitted steps and the loop that resumes by itself.
+"""Training and evaluation: the train state, the steps, building a run and the loop that resumes.
 
 The state (parameters, BatchNorm statistics, optimizer state, step) is one pytree, created already
-replicated over the mesh. ``train_step`` and ``eval_step`` are pure functions jitted once with
-explicit shardings; the train step donates the state. CIFAR-sized data sets live on the devices:
-a step receives only the indices of its batch, and gathering, normalisation and augmentation
-happen inside the jitted step, so the host does no per-image work.
+replicated over the mesh. ``train_step_on_batch`` and ``eval_on_batch`` are pure functions of a
+prepared batch; the run's data source (:mod:`dnjax.data.sources`) wraps them into the jitted
+steps with explicit shardings (the train step donates the state). CIFAR-sized data sets live on
+the devices: a step receives only the indices of its batch, and gathering, normalisation and
+augmentation happen inside the jitted step, so the host does no per-image work.
+
+:class:`Setup` builds everything a run needs from its config (data, mesh, model, optimizer,
+steps) and evaluates a state; :class:`Trainer` adds the workdir and the training loop.
+``dnjax.evaluate`` uses the setup only.
 
 Batch indices and augmentation randomness are pure functions of (seed, step), so a run restored
 from a checkpoint at step s trains on exactly the batches an uninterrupted run would.
@@ -30,7 +35,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from dnjax import checkpointing, config_lib, input_pipeline, logs, sharding
+from dnjax import checkpointing, config_lib, logs, profiling, sharding
+from dnjax.data import sources
 
 log = logging.getLogger("dnjax")
 
@@ -117,7 +123,8 @@ def abstract_state(state_or_fn, mesh) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
-    """What the steps need besides the state: static facts about the data and the recipe."""
+    """What the steps need besides the state: static facts about the data and the recipe
+    (normalisation and augmentation are applied by a device-resident data source's step)."""
 
     model: nn.Module
     tx: optax.GradientTransformation
@@ -131,28 +138,15 @@ class StepContext:
     num_classes: int
 
 
-def _rngs(seed: int, step: jax.Array):
-    base = jax.random.key(seed)
-    return jax.random.fold_in(jax.random.fold_in(base, 1), step), jax.random.fold_in(
-        jax.random.fold_in(base, 2), step
-    )
-
-
-def train_step(ctx: StepContext, batch_sharding, state: TrainState, images, labels, indices):
-    """One SGD step on the examples ``indices`` of the device-resident training set."""
-    aug_rng, dropout_rng = _rngs(ctx.seed, state.step)
-    x = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
-    y = labels[indices]
-    x = input_pipeline.normalize(x, ctx.mean, ctx.std)
-    if ctx.augment:
-        x = input_pipeline.augment(aug_rng, x, pad=ctx.pad, flip=ctx.flip)
-    return _apply_gradients(ctx, state, x, y, dropout_rng)
+def dropout_rng(seed: int, step: jax.Array) -> jax.Array:
+    """The dropout key of ``step`` (the augmentation key is the data source's,
+    :func:`dnjax.data.sources.augment_rng`)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), step)
 
 
 def train_step_on_batch(ctx: StepContext, state: TrainState, x, y):
-    """One step on an already prepared batch (the streamed ImageNet path, benchmarks)."""
-    _, dropout_rng = _rngs(ctx.seed, state.step)
-    return _apply_gradients(ctx, state, x, y, dropout_rng)
+    """One SGD step on a prepared (normalised, augmented) batch ``x`` with labels ``y``."""
+    return _apply_gradients(ctx, state, x, y, dropout_rng(ctx.seed, state.step))
 
 
 def _apply_gradients(ctx: StepContext, state: TrainState, x, y, dropout_rng):
@@ -181,14 +175,8 @@ def _apply_gradients(ctx: StepContext, state: TrainState, x, y, dropout_rng):
     return new_state, metrics
 
 
-def eval_step(ctx: StepContext, batch_sharding, state: TrainState, images, labels, indices, mask):
-    """Sums over one padded batch: masked-out (padding) examples count for nothing."""
-    x = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
-    x = input_pipeline.normalize(x, ctx.mean, ctx.std)
-    return eval_on_batch(ctx, state, x, labels[indices], mask)
-
-
 def eval_on_batch(ctx: StepContext, state: TrainState, x, y, mask):
+    """Sums over one padded batch: masked-out (padding) examples count for nothing."""
     logits = ctx.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     k = min(5, ctx.num_classes)
@@ -248,24 +236,20 @@ class RunResult:
     metrics: dict[str, float]
 
 
-class Trainer:
-    """Builds everything a run needs from its config; ``run()`` trains and evaluates."""
+class Setup:
+    """Everything a run needs, built from its config: data source, mesh, schedule, model,
+    optimizer and the jitted steps. Nothing is written anywhere; ``evaluate`` uses this alone."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
+    def __init__(self, config: ml_collections.ConfigDict):
         config_lib.validate(config)
         self.config = config
-        self.workdir = Path(workdir)
         self.is_main = jax.process_index() == 0
         setup_compilation_cache(config)
 
-        # Data first: a missing data set must fail before anything is compiled.
-        self.streaming = config.data.dataset in input_pipeline.STREAMED_DATASETS
-        if self.streaming:  # ImageNet: decoded and augmented on the hosts, streamed by grain
-            self.info = input_pipeline.imagenet_info(config.data, image_size=config.data.image_size)
-            self.train_split = self.test_split = None
-        else:  # CIFAR-sized: held on the devices, augmented inside the step
-            self.train_split, self.test_split, self.info = input_pipeline.load_in_memory(config.data)
         self.mesh = sharding.make_mesh(config.mesh_axis)
+        # Data first: a missing data set must fail before anything is compiled.
+        self.source = sources.make_source(config, self.mesh)
+        self.info = self.source.info
         try:
             sharding.check_divisible("batch_size", config.batch_size, self.mesh)
             sharding.check_divisible("eval_batch_size", config.eval_batch_size, self.mesh)
@@ -283,31 +267,11 @@ class Trainer:
             std=tuple(self.info.std), augment=bool(d.augment), pad=int(d.pad), flip=bool(d.flip),
             seed=int(config.seed), num_classes=self.info.num_classes,
         )
-        rep = sharding.replicated(self.mesh)
-        bat = sharding.batch_sharded(self.mesh)
-        if self.streaming:
-            self._train_step = jax.jit(
-                functools.partial(train_step_on_batch, self.ctx),
-                in_shardings=(None, bat, bat),
-                donate_argnums=(0,),
-            )
-            self._eval_step = jax.jit(
-                functools.partial(eval_on_batch, self.ctx), in_shardings=(None, bat, bat, bat)
-            )
-        else:
-            self._train_step = jax.jit(
-                functools.partial(train_step, self.ctx, bat),
-                in_shardings=(None, rep, rep, bat),
-                donate_argnums=(0,),
-            )
-            self._eval_step = jax.jit(
-                functools.partial(eval_step, self.ctx, bat), in_shardings=(None, rep, rep, bat, bat)
-            )
+        self._train_step = self.source.train_step(self.ctx, functools.partial(train_step_on_batch, self.ctx))
+        self._eval_step = self.source.eval_step(self.ctx, functools.partial(eval_on_batch, self.ctx))
         self._all_finite = jax.jit(all_finite)
-        self.batch_sharding = bat
-        self.replicated = rep
-
-    # ---- pieces used by the loop and by tools (evaluate, benchmarks, tests)
+        self.batch_sharding = sharding.batch_sharded(self.mesh)
+        self.replicated = sharding.replicated(self.mesh)
 
     def meta(self, state, epoch: float) -> dict[str, Any]:
         return {
@@ -321,58 +285,10 @@ class Trainer:
     def init_state(self) -> TrainState:
         return create_train_state(self.model, self.tx, self.info.image_shape, self.config.seed, self.mesh)
 
-    def device_data(self):
-        """The in-memory splits as replicated device arrays (None when streaming)."""
-        if self.streaming:
-            return None, None, None, None
-        rep = self.replicated
-        return (
-            sharding.global_array(self.train_split.images, rep),
-            sharding.global_array(self.train_split.labels, rep),
-            sharding.global_array(self.test_split.images, rep),
-            sharding.global_array(self.test_split.labels, rep),
-        )
-
-    def _loader(self, train: bool):
-        cfg = self.config
-        return input_pipeline.make_imagenet_loader(
-            cfg.data, split="train" if train else "validation",
-            global_batch=cfg.batch_size if train else cfg.eval_batch_size, seed=cfg.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            image_size=cfg.data.image_size, train=train, worker_count=cfg.data.workers,
-        )
-
-    def _from_processes(self, local: np.ndarray) -> jax.Array:
-        """A global batch from each process's slice of it."""
-        return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local))
-
-    def train_batches(self, start_step: int, train_images, train_labels, data_iter=None):
-        """Yields the arguments of the train step after the state, from ``start_step`` on."""
-        if self.streaming:
-            for batch in data_iter:
-                yield self._from_processes(batch["image"]), self._from_processes(batch["label"])
-            return
-        step = start_step
-        while True:
-            idx = input_pipeline.train_batch_indices(
-                self.config.seed, step, self.info.num_train, self.config.batch_size
-            ).astype(np.int32)
-            yield train_images, train_labels, sharding.global_array(idx, self.batch_sharding)
-            step += 1
-
-    def _eval_batches(self, test_images, test_labels):
-        if self.streaming:
-            for b in self._loader(train=False):
-                yield tuple(self._from_processes(b[k]) for k in ("image", "label", "mask"))
-            return
-        for idx, mask in input_pipeline.eval_batches(self.info.num_test, self.config.eval_batch_size):
-            yield (test_images, test_labels,
-                   sharding.global_array(idx.astype(np.int32), self.batch_sharding),
-                   sharding.global_array(mask, self.batch_sharding))
-
-    def evaluate(self, state, test_images=None, test_labels=None) -> dict[str, float]:
+    def evaluate(self, state) -> dict[str, float]:
+        """Test loss, top-1 and top-5 error over the whole test split."""
         totals = None
-        for args in self._eval_batches(test_images, test_labels):
+        for args in self.source.eval_batches():
             out = self._eval_step(state, *args)
             totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
         t = sharding.to_host(totals)
@@ -384,12 +300,25 @@ class Trainer:
             "test_count": int(n),
         }
 
-    def restore_or_init(self, ckpts: checkpointing.Checkpoints, data_iter=None) -> tuple[TrainState, bool]:
-        state = self.init_state()
-        shapes = checkpointing.param_shapes(state.params)
-        restored = ckpts.restore(abstract_state(state, self.mesh), shapes=shapes, data_iter=data_iter)
+    def restore(self, ckpts: checkpointing.Checkpoints, *, which: str = "latest", step: int | None = None,
+                items: dict[str, Any] | None = None) -> tuple[TrainState, dict[str, Any]] | None:
+        """The newest intact checkpoint (or ``step``) of ``ckpts`` for this setup's model."""
+        template = jax.eval_shape(self.init_state)
+        return ckpts.restore(abstract_state(template, self.mesh), which=which, step=step,
+                             shapes=checkpointing.param_shapes(template.params), items=items)
+
+
+class Trainer(Setup):
+    """A :class:`Setup` and its workdir; ``run()`` trains and evaluates, resuming by itself."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
+        super().__init__(config)
+        self.workdir = Path(workdir)
+
+    def restore_or_init(self, ckpts: checkpointing.Checkpoints) -> tuple[TrainState, bool]:
+        restored = self.restore(ckpts, items=self.source.restore_items())
         if restored is None:
-            return state, False
+            return self.init_state(), False
         ckpts.complete_best(*restored)
         return restored[0], True
 
@@ -398,11 +327,8 @@ class Trainer:
     def run(self) -> RunResult:
         cfg, sched = self.config, self.sched
         ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints, training=True)
-        # A streamed input's position is part of the checkpoint; in-memory batches are a pure
-        # function of (seed, step) and need nothing saved.
-        self.data_iter = iter(self._loader(train=True)) if self.streaming else None
         try:
-            state, resumed = self.restore_or_init(ckpts, self.data_iter)
+            state, resumed = self.restore_or_init(ckpts)
         except BaseException:
             ckpts.close()
             raise
@@ -430,7 +356,6 @@ class Trainer:
 
     def _loop(self, state, start, ckpts, metrics_log) -> RunResult:
         cfg, sched = self.config, self.sched
-        train_images, train_labels, test_images, test_labels = self.device_data()
         batch = cfg.batch_size
         bar = None
         if self.is_main and cfg.progress_bar:
@@ -441,10 +366,14 @@ class Trainer:
         t_last, step_last = time.perf_counter(), start
         metrics = None
         step = start
-        batches = self.train_batches(start, train_images, train_labels, self.data_iter)
-        with _SigtermFlag() as sigterm:
+        batches = self.source.train_batches(start)
+        profiler = profiling.StepProfiler(cfg.profile_steps, self.workdir / "tensorboard",
+                                          enabled=self.is_main)
+        with _SigtermFlag() as sigterm, profiler:
             while step < sched.total_steps:
+                profiler.before(step + 1)
                 state, metrics = self._train_step(state, *next(batches))
+                profiler.after(step + 1, state)
                 step += 1
                 if bar is not None:
                     bar.update(1)
@@ -470,7 +399,7 @@ class Trainer:
                     if bar is not None:
                         bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{m['img_per_s']:.0f}")
                 if do_eval:
-                    last_eval = self.evaluate(state, test_images, test_labels)
+                    last_eval = self.evaluate(state)
                     metrics_log.write("eval", step, epoch=round(epoch, 4), **last_eval)
                     msg = (f"step {step} epoch {epoch:.2f}: test error {last_eval['test_error']:.2f}% "
                            f"(top-5 {last_eval['test_top5_error']:.2f}%), test loss {last_eval['test_loss']:.4f}")
@@ -479,13 +408,14 @@ class Trainer:
                     meta = self.meta(state, epoch)
                     if do_eval:  # lets a resumed run redo a best save that a crash cut short
                         meta["test_error"] = last_eval["test_error"]
-                    ckpts.save(step, state, meta, force=True, data_iter=self.data_iter)
+                    ckpts.save(step, state, meta, force=True, items=self.source.save_items())
                     if do_eval:
                         ckpts.save_best(step, state, meta, last_eval["test_error"])
                 halt = step == cfg.halt_after_steps and step < sched.total_steps
                 if sigterm.set or halt or ckpts.reached_preemption(step):
                     if not do_ckpt:
-                        ckpts.save(step, state, self.meta(state, epoch), force=True, data_iter=self.data_iter)
+                        ckpts.save(step, state, self.meta(state, epoch), force=True,
+                                   items=self.source.save_items())
                     ckpts.wait()
                     why = "halted" if halt and not sigterm.set else "preempted"
                     metrics_log.write("event", step, event=why)
@@ -499,7 +429,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         if not last_eval:  # resumed at the very end: evaluate what was restored
-            last_eval = self.evaluate(state, test_images, test_labels)
+            last_eval = self.evaluate(state)
         final = dict(last_eval)
         if metrics is not None:
             final["train_loss"] = float(sharding.to_host(metrics)["loss"])

@@ -26,35 +26,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from dnjax.units import human
 from experiments import studies
 from experiments.run import MANIFEST, RUNNER_LOG, read_manifest
 from experiments.studies import Run, StudyError
 
-FINISHED = "finished"
 
-
-@dataclasses.dataclass
-class RunResult:
-    """What the logs of one run say; error fields are None unless the run finished."""
-
-    run: Run
-    status: str  # finished | missing | incomplete | failed | preempted | halted | mismatch
-    note: str = ""
-    params: int | None = None
-    macs: int | None = None
-    final_error: float | None = None
-    best_error: float | None = None
-    best_epoch: float | None = None
-    train_loss: float | None = None
-    step: int | None = None
-    epoch: float | None = None
-    torn: bool = False
-    evals: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (epoch, test error)
-    train: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (epoch, loss)
-
-    @property
-    def finished(self) -> bool:
-        return self.status == FINISHED
+from experiments.results import FINISHED, RunResult  # noqa: E402  (re-exported: report.RunResult)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,33 +43,29 @@ _SIZE_CACHE: dict[str, tuple[int, int]] = {}
 
 
 def _num_classes(config) -> int:
-    if config.data.num_classes:
-        return int(config.data.num_classes)
-    return {"cifar100": 100, "imagenet2012": 1000}.get(config.data.dataset, 10)
+    from dnjax.data import choices
+
+    return choices.num_classes(config.data)
 
 
 @functools.lru_cache(maxsize=None)
-def _npz_image_shape(path: str) -> tuple[int, ...]:
+def _npz_image_shape(spec: str) -> tuple[int, ...] | None:
     import numpy as np
 
+    from dnjax.data import DataError, npz_paths
+
+    try:
+        path = npz_paths(spec, "npz_train")[0]
+    except DataError:  # the data is elsewhere: the CIFAR shape
+        return None
     with np.load(path) as f:
         return tuple(f["image"].shape[1:])
 
 
 def _input_shape(config) -> tuple[int, ...]:
-    d = config.data
-    if d.dataset == "digits":
-        return (8, 8, 1)
-    if d.dataset == "imagenet2012":
-        return (d.image_size, d.image_size, 3)
-    if d.dataset == "npz" and d.npz_train:
-        from dnjax.input_pipeline import DataError, npz_paths
+    from dnjax.data import choices
 
-        try:
-            return _npz_image_shape(npz_paths(str(d.npz_train), "npz_train")[0])
-        except DataError:  # the data is elsewhere: the CIFAR shape
-            pass
-    return (32, 32, 3)
+    return choices.image_shape(config.data, _npz_image_shape)
 
 
 def network_size(config) -> tuple[int, int]:
@@ -147,7 +121,7 @@ def _float(v: Any) -> float | None:
 
 def read_run(root: Path, run: Run, exits: dict[str, int] | None = None, sizes: bool = True) -> RunResult:
     from dnjax import logs
-    from dnjax.evaluate import load_run_config
+    from dnjax.config_lib import load_run_config
 
     workdir = Path(root) / run.name
     exits = exits if exits is not None else _runner_exits(Path(root))
@@ -287,14 +261,6 @@ def fmt_stat(s: tuple[float, float | None, int] | None, several: bool) -> str:
     if std is None:
         return f"{mean:.2f}" + (f" (n=1)" if several else "")
     return f"{mean:.2f} ± {std:.2f} (n={n})"
-
-
-def human(n: float | None) -> str:
-    if n is None:
-        return "—"
-    from dnjax.models.summary import human as h
-
-    return h(n)
 
 
 def _status_of_group(g: Group) -> str:

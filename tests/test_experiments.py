@@ -101,7 +101,7 @@ def test_imagenet_and_vgg_configs():
     with pytest.raises(ValueError, match="not an ImageNet network"):
         imagenet.get_config("densenet40_k12")
     c = cifar_vgg.get_config("vgg16,c10")
-    assert c.model.name == "vgg16" and c.model.dropout_rate is None and not c.data.augment
+    assert c.model.name == "vgg16" and c.model.get("dropout_rate") is None and not c.data.augment
     config_lib.validate(c)
 
 
@@ -121,7 +121,7 @@ def test_print_lists_exactly_the_study_runs(capsys, study, tmp_path):
         config = config_from_args(args[3:])
         config_lib.validate(config)  # a real, valid run configuration
         assert config.seed == r.seed
-        assert published.error(config.model.name, r.config.split(",")[-1], config.model.activation) == r.paper
+        assert published.error(config.model.name, r.config.split(",")[-1], config.model.get("activation")) == r.paper
     assert not Path(root).exists()  # printing starts nothing and writes nothing
 
 

@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dnjax import input_pipeline as ip
+from dnjax import data as ip
+from dnjax.data import order
 
 CIFAR10_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
 
@@ -467,7 +468,7 @@ def test_train_batch_indices():
     next_epoch_first = ip.train_batch_indices(seed, per_epoch, n, batch)
     assert not np.array_equal(first, next_epoch_first)
     # A pure function: a fresh call (a resumed run) gets the same batch.
-    ip._PERMUTATION_CACHE.clear()
+    order._PERMUTATION_CACHE.clear()
     np.testing.assert_array_equal(ip.train_batch_indices(seed, 25, n, batch), ip.epoch_permutation(seed, 2, n)[50:60])
     with pytest.raises(ip.DataError, match="larger than the training set"):
         ip.train_batch_indices(seed, 0, 5, 8)

@@ -14,7 +14,7 @@ import pytest
 
 import runs
 from configs import cifar_densenet
-from dnjax import config_lib, input_pipeline, logs, train
+from dnjax import config_lib, data, logs, train
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +224,7 @@ def test_unprepared_tfds_dataset_stops_before_compiling(tmp_path):
     config.data.data_dir = str(tmp_path)
     events = _count_compiles()
     before = len(events)
-    with pytest.raises(input_pipeline.DataError, match="tfds build cifar100") as e:
+    with pytest.raises(data.DataError, match="tfds build cifar100") as e:
         train.Trainer(config, tmp_path / "w")
     assert str(tmp_path) in str(e.value)
     assert len(events) == before
@@ -235,7 +235,7 @@ def test_missing_data_dir_is_named(tmp_path):
     config = _tiny_config()
     config.data.dataset = "cifar10"
     config.data.data_dir = str(tmp_path / "nope")
-    with pytest.raises(input_pipeline.DataError, match="nope"):
+    with pytest.raises(data.DataError, match="nope"):
         train.Trainer(config, tmp_path / "w")
 
 
@@ -303,6 +303,22 @@ def test_streamed_imagenet_path_trains_and_resumes_at_the_next_batch(tmp_path, f
     assert len(a) > 10 and a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, fast_compile):
+    """--config.profile_steps=A,B: a jax.profiler trace of those steps in the workdir, where
+    TensorBoard's profile plugin looks for it (tensorboard/plugins/profile/<run>/*.xplane.pb)."""
+    config = _tiny_config()
+    config.num_train_steps = 4
+    config.compilation_cache_dir = ""
+    config.profile_steps = "2,3"
+    assert train.Trainer(config, tmp_path / "w").run().status == "finished"
+    traces = list((tmp_path / "w" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+    for bad in ("3,2", "0,2", "2", "a,b"):
+        config.profile_steps = bad
+        with pytest.raises(config_lib.ConfigError, match="profile_steps"):
+            config_lib.validate(config)
 
 
 def test_evaluate_command_reproduces_the_logged_final_metrics(reference_run, cache):

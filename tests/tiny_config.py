@@ -1,11 +1,10 @@
 """A tiny, fast run for tests: DenseNet-BC-tiny on the bundled 8x8 digits."""
 
-from configs import default
+from dnjax import defaults
 
 
 def get_config(arg=None):
-    c = default.get_config()
-    c.model.name = "densenet_bc_tiny"
+    c = defaults.get_config("densenet_bc_tiny")
     c.data.dataset = "digits"
     c.data.pad = 1
     c.data.flip = True

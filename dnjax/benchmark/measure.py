@@ -37,11 +37,10 @@ from dnjax import config_lib, models, sharding, train
 from dnjax.models import summary
 
 # Classes of the data sets a config can name, for the synthetic labels.
-_NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000}
-
-
 def num_classes(config: ml_collections.ConfigDict) -> int:
-    return config.data.num_classes or _NUM_CLASSES.get(config.data.dataset, 10)
+    from dnjax.data import choices
+
+    return choices.num_classes(config.data)
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:

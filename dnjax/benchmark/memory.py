@@ -21,14 +21,14 @@ import json
 import sys
 from pathlib import Path
 
-from configs import cifar_densenet
+from dnjax import recipes
 from dnjax.benchmark import measure
 
 MODES = ("naive", "efficient")
 
 
 def config_for(depth: int, growth_rate: int, batch: int, mode: str):
-    c = cifar_densenet.get_config()
+    c = recipes.cifar_densenet()
     c.batch_size = batch
     if (depth, growth_rate) == (190, 40):
         c.model.name = "densenet_bc190_k40"

@@ -1,8 +1,11 @@
-"""The model zoo: every network by name, for configs, tests and the ``python -m dnjax.models`` table.
+"""The model zoo: every network by name, the one registry behind the configs' model lists, the
+studies' family checks and the ``python -m dnjax.models`` table.
 
 ``get_model(name, num_classes=10, **overrides)`` builds a flax module; overrides are the module's
 (or its builder's) fields, e.g. ``get_model('densenet_bc100_k12', dropout_rate=0.2,
 memory_efficient=True)`` or ``get_model('densenet_cifar', depth=52, growth_rate=12)``.
+``field_types(name)`` lists those fields with their types: a run's ``config.model`` is generated
+from it, so every field can be set (and is checked) on the command line.
 """
 
 from __future__ import annotations
@@ -19,21 +22,31 @@ from dnjax.models.densenet import DenseNet
 from dnjax.models.resnet import ResNet
 from dnjax.models.vgg import VGG
 
+# The native input shapes (H, W, C) and class counts of the two kinds of networks.
 CIFAR_INPUT = (32, 32, 3)
 IMAGENET_INPUT = (224, 224, 3)
+CIFAR_CLASSES = 10
+IMAGENET_CLASSES = 1000
+
+FAMILIES = ("densenet", "resnet", "vgg")
+# A zoo entry is a published network ("paper"), a builder for any depth ("builder"), or a tiny
+# network of the family for tests and smoke runs ("tiny").
+ROLES = ("paper", "builder", "tiny")
 
 
 @dataclasses.dataclass(frozen=True)
 class ZooEntry:
     name: str
     factory: Callable[..., nn.Module]
-    family: str  # densenet | resnet | vgg
+    family: str  # one of FAMILIES
     input_shape: tuple[int, int, int]
     num_classes: int
+    role: str = "paper"  # one of ROLES
 
 
 def _entries() -> dict[str, ZooEntry]:
     c, i = CIFAR_INPUT, IMAGENET_INPUT
+    builders = {"densenet_cifar", "resnet_cifar", "resnet_cifar_bottleneck"}
     table = [
         # DenseNet, CIFAR/SVHN (the paper's Table 2)
         ("densenet40_k12", densenet.DenseNet40, "densenet", c, 10),
@@ -86,19 +99,35 @@ def _entries() -> dict[str, ZooEntry]:
         ("preact_resnet_tiny", resnet.PreActResNetTiny, "resnet", c, 10),
         ("vgg_tiny", vgg.VGGTiny, "vgg", c, 10),
     ]
-    return {name: ZooEntry(name, f, fam, shape, nc) for name, f, fam, shape, nc in table}
+    role = lambda name: "builder" if name in builders else "tiny" if name.endswith("_tiny") else "paper"
+    return {name: ZooEntry(name, f, fam, shape, nc, role(name)) for name, f, fam, shape, nc in table}
 
 
 ZOO: dict[str, ZooEntry] = _entries()
 
 # Names that are builders for arbitrary depths rather than fixed networks (left out of the table).
-GENERIC = ("densenet_cifar", "resnet_cifar", "resnet_cifar_bottleneck")
+GENERIC = tuple(n for n, e in ZOO.items() if e.role == "builder")
+
+
+def names(family: str | None = None, input_shape: tuple[int, int, int] | None = None,
+          roles: tuple[str, ...] = ROLES) -> tuple[str, ...]:
+    """The zoo's names of one family and input shape (None: any), in the zoo's order."""
+    return tuple(n for n, e in ZOO.items()
+                 if (family is None or e.family == family)
+                 and (input_shape is None or e.input_shape == input_shape) and e.role in roles)
+
+
+def family(name: str) -> str:
+    """The family (densenet, resnet, vgg) of zoo network ``name``; ValueError for an unknown one."""
+    if name not in ZOO:
+        raise ValueError(f"model={name!r} is unknown; valid names are: {', '.join(sorted(ZOO))}")
+    return ZOO[name].family
 
 
 # Module fields that the depth-based builders derive themselves (from ``depth``).
 _SET_BY_BUILDERS = {
     DenseNet: ("block_sizes",),
-    ResNet: ("stage_sizes", "block", "widths", "stem_features"),
+    ResNet: ("stage_sizes", "block"),
     VGG: ("stages",),
 }
 
@@ -116,6 +145,44 @@ def accepted_fields(factory: Callable[..., nn.Module]) -> list[str]:
                 names += [f.name for f in dataclasses.fields(module_cls)
                           if f.name not in ("parent", "name", *fixed)]
     return sorted(set(names))
+
+
+# Fields every network has that a run sets from elsewhere: the data set's class count and
+# config.dtype.
+RUN_FIELDS = ("num_classes", "dtype")
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _field_type(annotation: Any, default: Any) -> type:
+    """The command-line type of a field: int, float, bool, str, or tuple for sequences."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = text.replace(" | None", "").replace("Optional[", "").rstrip("]") if "None" in text else text
+    if text in _TYPES:
+        return _TYPES[text]
+    if text.startswith(("Sequence", "tuple", "Tuple", "list")):
+        return tuple
+    if default is not None and not isinstance(default, (list, tuple)):
+        return type(default)
+    raise TypeError(f"cannot tell the command-line type of a field annotated {annotation!r}")
+
+
+def field_types(name: str) -> dict[str, type]:
+    """The fields of zoo network ``name`` a config sets (``accepted_fields`` less ``RUN_FIELDS``),
+    each with its command-line type (int, float, bool, str, tuple)."""
+    factory = ZOO[name].factory
+    fn = factory.func if isinstance(factory, functools.partial) else factory
+    annotations: dict[str, tuple[Any, Any]] = {}
+    modules = [fn] if inspect.isclass(fn) else [c for c in _SET_BY_BUILDERS if fn.__module__ == c.__module__]
+    for module_cls in modules:
+        for f in dataclasses.fields(module_cls):
+            default = None if f.default is dataclasses.MISSING else f.default
+            annotations[f.name] = (f.type, default)
+    if not inspect.isclass(fn):
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                annotations[p.name] = (p.annotation, None if p.default is p.empty else p.default)
+    return {k: _field_type(*annotations[k]) for k in accepted_fields(factory) if k not in RUN_FIELDS}
 
 
 def get_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
@@ -137,3 +204,7 @@ def get_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn
 
 def input_shape(name: str) -> tuple[int, int, int]:
     return ZOO[name].input_shape
+
+
+def num_classes(name: str) -> int:
+    return ZOO[name].num_classes

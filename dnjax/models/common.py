@@ -1,7 +1,7 @@
 """Pieces every network in the zoo shares: the conv and norm constructors and input checks.
 
 All three families build their convolutions and BatchNorms through :func:`conv_and_norm`, so the
-initialisation and BatchNorm settings of the spec live in exactly one place.
+initialisation and BatchNorm settings of the paper's code live in exactly one place.
 
 Two choices there are about speed and keep the numerics (results agree with ``lax.conv`` and
 ``nn.BatchNorm`` to float32 rounding; the variables are the same, by name and shape):
@@ -35,7 +35,9 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# The compute dtypes a network (and config.dtype) can choose; parameters stay float32. float16
+# would need loss scaling, which the trainer does not do.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -153,7 +155,7 @@ def affine(scale, bias, mean, var, epsilon):
 
 
 def conv_and_norm(train: bool, dtype: Any) -> tuple[ModuleDef, ModuleDef]:
-    """Returns (conv, norm) constructors with the spec's settings baked in.
+    """Returns (conv, norm) constructors with those settings baked in.
 
     Parameters are always float32; ``dtype`` is the compute dtype. BatchNorm uses batch statistics
     in training and running averages in evaluation; under ``jax.jit`` with a batch sharded over a

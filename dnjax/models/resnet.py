@@ -236,7 +236,9 @@ def resnet_cifar(depth: int = 20, **kwargs: Any) -> ResNet:
         )
     n = (depth - 2) // 6
     kwargs.setdefault("shortcut", "A")
-    return ResNet(stage_sizes=(n, n, n), block="basic", widths=(16, 32, 64), stem_features=16, **kwargs)
+    kwargs.setdefault("widths", (16, 32, 64))
+    kwargs.setdefault("stem_features", 16)
+    return ResNet(stage_sizes=(n, n, n), block="basic", **kwargs)
 
 
 def resnet_cifar_bottleneck(depth: int = 164, **kwargs: Any) -> ResNet:
@@ -248,9 +250,9 @@ def resnet_cifar_bottleneck(depth: int = 164, **kwargs: Any) -> ResNet:
         )
     n = (depth - 2) // 9
     kwargs.setdefault("shortcut", "B")
-    return ResNet(
-        stage_sizes=(n, n, n), block="bottleneck", widths=(16, 32, 64), stem_features=16, **kwargs
-    )
+    kwargs.setdefault("widths", (16, 32, 64))
+    kwargs.setdefault("stem_features", 16)
+    return ResNet(stage_sizes=(n, n, n), block="bottleneck", **kwargs)
 
 
 ResNet20 = functools.partial(resnet_cifar, depth=20)

@@ -1,0 +1,121 @@
+"""What every data source shares: the error type, a split in host memory, the facts the trainer
+needs about a data set, and the checks that turn bad data into a one-line :class:`DataError`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+class DataError(ValueError):
+    """The data cannot be used as configured; the message says what is wrong and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split held in host memory."""
+
+    images: np.ndarray  # uint8, [N, H, W, C]
+    labels: np.ndarray  # int32, [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know about a data set.
+
+    ``mean`` and ``std`` are the per-channel constants :func:`normalize` applies, on the 0..255
+    scale. The 'scale' normalisation (pixels / 255) is mean 0 and std 255.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    num_train: int
+    num_test: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _field(data_config: Any, name: str, default: Any = None) -> Any:
+    """A config field, or ``default`` where the config does not define it."""
+    try:
+        value = data_config[name]
+    except (KeyError, AttributeError, TypeError):
+        value = getattr(data_config, name, default)
+    return default if value is None else value
+
+
+def _limit(data_config, field: str) -> int | None:
+    limit = _field(data_config, field)
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
+        raise DataError(f"data.{field}={limit!r} must be a positive integer or None.")
+    return int(limit)
+
+
+def _apply_limit(split: Split, limit: int | None) -> Split:
+    if limit is None or limit >= len(split):
+        return split
+    return Split(images=split.images[:limit], labels=split.labels[:limit])
+
+
+def _validate_split(split: Split, source: str) -> None:
+    images, labels = split.images, split.labels
+    if images.dtype != np.uint8:
+        raise DataError(
+            f"{source}: images are {images.dtype}, expected uint8 pixels 0..255; convert them "
+            "with np.clip(x, 0, 255).astype(np.uint8) (multiply by 255 first if they are 0..1)."
+        )
+    if images.ndim != 4:
+        hint = " (add a channel axis: x[..., None])" if images.ndim == 3 else ""
+        raise DataError(
+            f"{source}: images have shape {images.shape}, expected rank 4 [N, H, W, C]{hint}."
+        )
+    if images.shape[0] == 0:
+        raise DataError(f"{source}: the split is empty (0 images).")
+    if labels.ndim != 1:
+        raise DataError(
+            f"{source}: labels have shape {labels.shape}, expected [N] integer class ids "
+            "(not one-hot)."
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{source}: {images.shape[0]} images but {labels.shape[0]} labels; there must be one "
+            "label per image."
+        )
+    if min(images.shape[1:]) == 0:
+        raise DataError(f"{source}: images have an empty dimension, shape {images.shape}.")
+
+
+def _check_label_range(labels: np.ndarray, num_classes: int, source: str) -> None:
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(
+            f"{source}: {int(bad.sum())} labels outside [0, {num_classes}) (for example "
+            f"labels[{first}] = {int(labels[first])}; the labels span {int(labels.min())}.."
+            f"{int(labels.max())}). Fix the labels or set data.num_classes."
+        )
+
+
+def _as_labels(labels: np.ndarray, source: str) -> np.ndarray:
+    """Class ids as int32; whole-number floats are accepted, anything else is a DataError."""
+    labels = np.asarray(labels)
+    integral = np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_
+    whole_floats = (
+        np.issubdtype(labels.dtype, np.floating)
+        and bool(np.all(np.isfinite(labels)))
+        and bool(np.all(labels == np.round(labels)))
+    )
+    if not (integral or whole_floats):
+        raise DataError(f"{source}: labels are {labels.dtype}, expected integer class ids.")
+    info = np.iinfo(np.int32)
+    if labels.size and (labels.min() < info.min or labels.max() > info.max):
+        raise DataError(f"{source}: labels do not fit in int32 (they span {labels.min()}..{labels.max()}).")
+    return labels.astype(np.int32)
+

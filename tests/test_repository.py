@@ -1,0 +1,138 @@
+"""The repository's structure: what is installed, what the library imports, one source for each
+published figure, and the data package's lazy imports."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dnjax import published
+from dnjax.units import human
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRARY = sorted((REPO / "dnjax").rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at any level (top, function, TYPE_CHECKING)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_only_the_library_is_installed_and_it_never_imports_the_repository_folders():
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    from setuptools import find_packages
+
+    packages = find_packages(str(REPO), include=include)
+    assert "dnjax" in packages and "dnjax.data" in packages and "dnjax.models" in packages
+    assert not [p for p in packages if p.split(".")[0] in ("configs", "experiments", "tests", "benchmarks")]
+    offenders = {str(p.relative_to(REPO)): sorted(m for m in _imports(p) if m.split(".")[0] in ("configs", "experiments"))
+                 for p in LIBRARY}
+    assert not {k: v for k, v in offenders.items() if v}
+    # The config files import only the library, so they load from any directory.
+    for p in sorted((REPO / "configs").glob("*.py")):
+        assert not [m for m in _imports(p) if m.split(".")[0] in ("configs", "experiments")], p
+
+
+def test_every_config_file_loads_by_absolute_path_from_another_directory(tmp_path):
+    """As ``python -m dnjax.main --config=/abs/configs/X.py`` does outside the repository, with the
+    repository's folders unimportable."""
+    code = (
+        "import sys; sys.modules['configs'] = sys.modules['experiments'] = None\n"
+        "from dnjax import config_lib\n"
+        f"for p in {sorted(str(p) for p in (REPO / 'configs').glob('*.py') if p.name != '__init__.py')!r}:\n"
+        "    c = config_lib.load_config_file(p)\n"
+        "    config_lib.validate(c)\n"
+        "    print(c.model.name)\n"
+    )
+    lib = tmp_path / "lib"  # the library alone on the path, as an installation has it
+    lib.mkdir()
+    (lib / "dnjax").symlink_to(REPO / "dnjax")
+    env = dict(os.environ, PYTHONPATH=str(lib), JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert "densenet_bc100_k12" in r.stdout.split() and "densenet121" in r.stdout.split()
+
+
+def _graph(paths) -> dict[str, set[str]]:
+    names = {str(p.relative_to(REPO).with_suffix("")).replace(os.sep, ".").removesuffix(".__init__"): p
+             for p in paths}
+    graph = {}
+    for name, p in names.items():
+        deps = set()
+        for m in _imports(p):
+            while m and m not in names:
+                m = m.rpartition(".")[0]
+            if m and m != name:
+                deps.add(m)
+        graph[name] = deps
+    return graph
+
+
+def test_experiments_modules_import_no_cycle():
+    graph = _graph(sorted((REPO / "experiments").glob("*.py")))
+    assert "experiments.report" in graph["experiments.run"] or graph  # the graph was read
+
+    def visit(node, path):
+        assert node not in path, " -> ".join([*path, node])
+        for dep in graph.get(node, ()):
+            visit(dep, [*path, node])
+
+    for node in graph:
+        visit(node, [])
+    assert "experiments.report" not in graph["experiments.plots"]
+
+
+def test_readme_zoo_table_shows_the_published_figures():
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| ([a-z0-9_]+) \| (\d+x\d+) \| (\d+) \| ([\d,]+) \| ([\d,]*) \| ([\d.]+[KMG]) \| ([^|]*) \|",
+                      readme, re.M)
+    assert len(rows) > 30
+    for name, _, _, _, paper_params, _, paper_macs in rows:
+        expected = (published.CIFAR_PARAMS.get(name, (None,))[0] if name in published.CIFAR_PARAMS
+                    else published.IMAGENET_PARAMS.get(name))
+        assert paper_params == ("" if expected is None else f"{expected:,}"), name
+        macs = published.MACS.get(name)
+        assert paper_macs.strip() == ("" if macs is None else human(macs)), name
+
+
+def test_a_run_on_in_memory_data_imports_neither_grain_nor_tensorflow_datasets():
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, 'tests')\n"
+        "import tiny_config\n"
+        "from dnjax import train\n"
+        "setup = train.Setup(tiny_config.get_config())\n"
+        "assert setup.info.num_train == 1437, setup.info\n"
+        "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'dnjax.data.imagenet', 'dnjax.data.tfds')"
+        " if m in sys.modules))\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("name", ["DATASETS", "NORMALIZATIONS"])
+def test_config_checks_and_loaders_share_one_list_of_choices(name):
+    from dnjax import config_lib
+    from dnjax.data import choices
+
+    assert getattr(config_lib, name) is getattr(choices, name)
+    from dnjax.models import common
+
+    assert config_lib.DTYPES is common.DTYPES and "float16" not in common.DTYPES
