@@ -128,25 +128,39 @@ class _AbandonedTaskFilter(logging.Filter):
         return True
 
 
-_quieted = False
-
-
-def _quiet_abandoned_reads() -> None:
+class _QuietAbandonedReads:
     """When one array of a damaged checkpoint fails to read, orbax abandons the other reads; their
     errors arrive later, in other threads, as a screenful of tracebacks that hide the one-line reason
-    logged for the skipped checkpoint. Those, and only those, are dropped."""
-    global _quieted
-    if _quieted:
-        return
-    _quieted = True
-    previous = sys.unraisablehook
+    logged for the skipped checkpoint. Those, and only those, are dropped: from the first restore
+    of a :class:`Checkpoints` until it is closed, when the previous ``sys.unraisablehook`` and the
+    asyncio logger are given back. Nested users share one installation."""
 
-    def hook(unraisable):
+    def __init__(self):
+        self.users = 0
+        self.previous = None
+        self.filter = _AbandonedTaskFilter()
+
+    def _hook(self, unraisable):
         if not _abandoned_read(unraisable.exc_value, unraisable.object):
-            previous(unraisable)
+            (self.previous or sys.__unraisablehook__)(unraisable)
 
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_AbandonedTaskFilter())
+    def acquire(self) -> None:
+        if self.users == 0:
+            self.previous = sys.unraisablehook
+            sys.unraisablehook = self._hook
+            logging.getLogger("asyncio").addFilter(self.filter)
+        self.users += 1
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            if sys.unraisablehook == self._hook:  # unless someone replaced it since
+                sys.unraisablehook = self.previous
+            self.previous = None
+            logging.getLogger("asyncio").removeFilter(self.filter)
+
+
+_QUIET = _QuietAbandonedReads()
 
 
 class Checkpoints:
@@ -185,6 +199,7 @@ class Checkpoints:
             self._set_aside_unreadable_best(workdir / "best", e)
             self.best = ocp.CheckpointManager(workdir / "best", options=best_options)
         self._fingerprinted: tuple[int | None, dict[str, int] | None] = (None, None)
+        self._quiet = False  # whether this instance holds _QUIET
 
     @staticmethod
     def _barriers(prefix: str) -> ocp.options.MultiprocessingOptions:
@@ -258,7 +273,9 @@ class Checkpoints:
         candidates = [step] if step is not None else self.steps(which)
         if not candidates:
             return None
-        _quiet_abandoned_reads()
+        if not self._quiet:
+            _QUIET.acquire()
+            self._quiet = True
         skipped = []
         for s in candidates:
             try:
@@ -338,6 +355,11 @@ class Checkpoints:
         self.best.wait_until_finished()
 
     def close(self) -> None:
-        self.wait()
-        self.latest.close()
-        self.best.close()
+        try:
+            self.wait()
+            self.latest.close()
+            self.best.close()
+        finally:
+            if self._quiet:
+                self._quiet = False
+                _QUIET.release()

@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -370,6 +371,20 @@ def test_abandoned_orbax_reads_are_quiet_even_when_only_the_traceback_names_orba
         None, _exc_info_raised_in(filename),
     )
     assert checkpointing._AbandonedTaskFilter().filter(record) is not dropped
+
+
+def test_the_quieted_unraisable_hook_is_given_back_on_close(tmp_path):
+    """Restoring quiets orbax's abandoned reads through sys.unraisablehook and the asyncio logger
+    while the checkpoints are open; closing them gives both back."""
+    before, filters = sys.unraisablehook, list(logging.getLogger("asyncio").filters)
+    state = {"w": jnp.ones((2, 2))}
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts.save(1, state, {"step": 1}, force=True)
+    ckpts.wait()
+    assert ckpts.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))[1]["step"] == 1
+    assert sys.unraisablehook is not before
+    ckpts.close()
+    assert sys.unraisablehook is before and logging.getLogger("asyncio").filters == filters
 
 
 def test_crash_leftovers_and_a_lost_best_save_are_repaired(tmp_path):
