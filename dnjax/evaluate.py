@@ -8,12 +8,12 @@ The run's own ``config.json`` rebuilds the model and data, so no config flag is 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 from absl import app, flags
 
+from dnjax import logs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
 _WHICH = flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
@@ -44,7 +44,7 @@ def evaluate_workdir(workdir: str | Path, which: str = "latest", step: int | Non
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.WARNING)
+    logs.quiet_libraries(verbose=flags.FLAGS["verbosity"].present)
     try:
         m = evaluate_workdir(_WORKDIR.value, _WHICH.value, _STEP.value)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -103,3 +103,26 @@ def records(workdir: str | os.PathLike, kind: str | None = None) -> Iterator[dic
     recs, _ = read_jsonl(Path(workdir) / METRICS_FILE)
     return (r for r in recs if kind is None or r.get("type") == kind)
 
+
+def quiet_libraries(verbose: bool = False, progress: bool = False) -> None:
+    """Command-line tools print their result and warnings; the INFO logs of the libraries under
+    them (orbax logs every checkpoint operation, absl and jax their set-up) come back with
+    ``verbose`` (the tools' ``--verbosity`` flag). ``progress`` keeps dnjax's own INFO lines (a
+    training run's data, evaluations and resumption)."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("absl", "jax", "orbax"):
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("dnjax").setLevel(logging.INFO if verbose or progress else logging.WARNING)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+
+def add_verbosity_flag(parser) -> None:
+    """``--verbosity`` for the argparse tools, read as absl's: 0 or more shows INFO logs."""
+    parser.add_argument("--verbosity", type=int, default=-1,
+                        help="0 or more: also show the libraries' INFO logs (default: results and warnings)")

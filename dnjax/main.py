@@ -16,7 +16,6 @@ for ``--heartbeat_timeout_seconds``; none waits forever.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import traceback
@@ -73,9 +72,9 @@ def initialize_distributed(mode: str, coordinator: str | None, num_processes: in
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("absl", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from dnjax import logs
+
+    logs.quiet_libraries(verbose=flags.FLAGS["verbosity"].present, progress=True)
     initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _HEARTBEAT.value)
 

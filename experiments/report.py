@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from dnjax import logs
 from dnjax.units import human
 from experiments import studies
 from experiments.run import MANIFEST, RUNNER_LOG, read_manifest
@@ -354,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data_dir", default=None,
                    help="as given to experiments.run, for --budget=cifar10-sample or cifar100-cpu")
     p.add_argument("--no_plots", action="store_true")
+    logs.add_verbosity_flag(p)
     a = p.parse_args(argv)
+    logs.quiet_libraries(verbose=a.verbosity >= 0)
     try:
         path, written, results = write_report(a.study, Path(a.root), a.out and Path(a.out), a.budget,
                                               a.data_dir, not a.no_plots)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from dnjax import logs
 from experiments import studies
 from experiments.studies import REPO, Run, StudyError
 
@@ -226,11 +227,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="an extra --config.KEY=VALUE for every run, e.g. compilation_cache_dir=/tmp/c")
     p.add_argument("--print", action="store_true", dest="print_only", help="print the commands, run nothing")
     p.add_argument("--format", default="shell", choices=("shell", "slurm"))
+    logs.add_verbosity_flag(p)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
+    logs.quiet_libraries(verbose=a.verbosity >= 0)
     budget = "smoke" if a.smoke else a.budget
     try:
         runs = studies.study_runs(a.study, budget, a.data_dir, a.only)
@@ -238,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "=" not in s:
                 raise StudyError(f"--set {s!r}: expected KEY=VALUE, e.g. compilation_cache_dir=/tmp/cache")
         extra = [f"--config.{s}" for s in a.set]
+        if a.verbosity >= 0 and not a.print_only:  # the runs' library logs too
+            extra.append(f"--verbosity={a.verbosity}")
         if a.print_only:
             if a.format == "slurm":
                 print(slurm_script(a.study, budget, runs, a.root, extra, a.data_dir), end="")

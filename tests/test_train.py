@@ -335,6 +335,21 @@ def test_evaluate_command_reproduces_the_logged_final_metrics(reference_run, cac
     assert got["test_loss"] == pytest.approx(final["test_loss"], rel=1e-5)
 
 
+def test_evaluate_command_prints_its_result_not_library_logs(reference_run):
+    """orbax logs each checkpoint operation at INFO; the tool shows them only with --verbosity."""
+    out = {}
+    for flags in ((), ("--verbosity=0",)):
+        r = subprocess.run([sys.executable, "-m", "dnjax.evaluate", f"--workdir={reference_run}", *flags],
+                           cwd=runs.REPO, env=runs.env(1), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        out[flags] = r
+    quiet, verbose = out[()], out[("--verbosity=0",)]
+    assert quiet.stdout.strip().splitlines() == [quiet.stdout.strip()] and "test error" in quiet.stdout
+    assert quiet.stderr.strip() == "", quiet.stderr
+    assert len(verbose.stderr.splitlines()) > 5 and "checkpoint" in verbose.stderr.lower()
+    assert verbose.stdout == quiet.stdout
+
+
 def test_evaluate_command_names_a_workdir_without_a_run(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "dnjax.evaluate", f"--workdir={tmp_path}"],
