@@ -12,7 +12,6 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from dnjax import models
-from dnjax.data import choices
 
 DEFAULT_MODEL = "densenet_bc100_k12"
 

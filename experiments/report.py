@@ -29,12 +29,9 @@ from typing import Any, Sequence
 from dnjax import logs
 from dnjax.units import human
 from experiments import studies
+from experiments.results import FINISHED, RunResult  # RunResult re-exported: report.RunResult
 from experiments.run import MANIFEST, RUNNER_LOG, read_manifest
 from experiments.studies import Run, StudyError
-
-
-from experiments.results import FINISHED, RunResult  # noqa: E402  (re-exported: report.RunResult)
-
 
 # ------------------------------------------------------------------------------------------------
 # Sizes of the networks
@@ -260,7 +257,7 @@ def fmt_stat(s: tuple[float, float | None, int] | None, several: bool) -> str:
         return "—"
     mean, std, n = s
     if std is None:
-        return f"{mean:.2f}" + (f" (n=1)" if several else "")
+        return f"{mean:.2f}" + (" (n=1)" if several else "")
     return f"{mean:.2f} ± {std:.2f} (n={n})"
 
 

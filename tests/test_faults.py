@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import runs
 from dnjax import checkpointing, logs, train
+
+import runs
 
 pytestmark = pytest.mark.faults
 

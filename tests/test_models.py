@@ -115,7 +115,7 @@ def cifar_resnet_params(stages, bottleneck: bool, pre: bool, classes: int = 10) 
     bn = lambda c: 2 * c
     total = conv(3, 3, 16) + (0 if pre else bn(16))
     c = 16
-    for i, (n, w) in enumerate(zip(stages, (16, 32, 64))):
+    for n, w in zip(stages, (16, 32, 64)):
         for j in range(n):
             if bottleneck:  # pre-activation bottleneck with a projection where the shape changes
                 out = 4 * w
@@ -557,7 +557,7 @@ def test_efficient_block_in_bfloat16_is_as_close_to_float32_as_autodiff():
         spec, x0, params, _, target = _block_inputs(0.0, 0.0, dtype=dtype)
         for name, fn in (("autodiff", efficient_block.dense_block),
                          ("efficient", efficient_block.train_block)):
-            def loss(x0, p, fn=fn):
+            def loss(x0, p, fn=fn, spec=spec, target=target):
                 return jnp.sum(jnp.sin(fn(spec, x0, p)[0].astype(jnp.float32)) * target)
             with fast_compile():
                 grads[dtype, name] = jax.jit(jax.grad(loss, (0, 1)))(x0, params)
@@ -873,7 +873,7 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
 
 def test_zoo_names_build():
     """Every zoo entry builds with its defaults (construction only)."""
-    for name, entry in ZOO.items():
+    for name in ZOO:
         model = get_model(name)
         assert isinstance(model, nn.Module), name
 

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-import runs
 from configs import cifar_densenet
 from dnjax import config_lib, data, logs, train
+
+import runs
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +149,7 @@ def test_two_processes_equal_one(tmp_path, cache, reference_run):
         for i in range(2)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert "Finished 6 steps" in outs[0][0]
     _assert_close_states(runs.load_state(reference_run), runs.load_state(workdir), rtol=2e-4, atol=2e-6)

@@ -36,8 +36,9 @@ import optax
 from dnjax import config_lib, models, sharding, train
 from dnjax.models import summary
 
-# Classes of the data sets a config can name, for the synthetic labels.
+
 def num_classes(config: ml_collections.ConfigDict) -> int:
+    """The class count of the config's data set, for the synthetic labels."""
     from dnjax.data import choices
 
     return choices.num_classes(config.data)

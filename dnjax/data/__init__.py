@@ -19,8 +19,7 @@ ImageNet (``tfds``, ``imagenet``); a run on npz or digits data imports neither. 
 
 from dnjax.data.augmentation import augment, normalize
 from dnjax.data.base import DataError, DatasetInfo, Split
-from dnjax.data.choices import (DATASETS, IN_MEMORY_DATASETS, NORMALIZATIONS, NUM_CLASSES,
-                                STREAMED_DATASETS)
+from dnjax.data.choices import DATASETS, IN_MEMORY_DATASETS, NORMALIZATIONS, NUM_CLASSES, STREAMED_DATASETS
 from dnjax.data.in_memory import channel_mean_std, load_in_memory
 from dnjax.data.npz import npz_paths
 from dnjax.data.order import epoch_permutation, eval_batches, steps_per_epoch, train_batch_indices

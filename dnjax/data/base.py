@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+
 class DataError(ValueError):
     """The data cannot be used as configured; the message says what is wrong and how to fix it."""
 

@@ -12,10 +12,17 @@ import logging
 import numpy as np
 
 from dnjax.data import npz
-from dnjax.data.base import (DataError, DatasetInfo, Split, _apply_limit, _check_label_range, _field,
-                             _limit, _validate_split)
-from dnjax.data.choices import (CIFAR_MEAN_STD, DATASETS, NORMALIZATIONS, NUM_CLASSES,
-                                STREAMED_DATASETS, TFDS_SPLITS)
+from dnjax.data.base import (
+    DataError,
+    DatasetInfo,
+    Split,
+    _apply_limit,
+    _check_label_range,
+    _field,
+    _limit,
+    _validate_split,
+)
+from dnjax.data.choices import CIFAR_MEAN_STD, DATASETS, NORMALIZATIONS, NUM_CLASSES, STREAMED_DATASETS, TFDS_SPLITS
 
 log = logging.getLogger("dnjax")
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from dnjax.data.base import DataError, Split, _as_labels, _validate_split
 
+
 @dataclasses.dataclass(frozen=True)
 class NpzPart:
     """One file of an npz split: its path, the label array used and the (possibly cut) arrays."""

@@ -26,8 +26,7 @@ import jax
 import numpy as np
 
 from dnjax import sharding
-from dnjax.data import augmentation as augment_lib
-from dnjax.data import order
+from dnjax.data import augmentation as augment_lib, order
 from dnjax.data.base import DatasetInfo, Split
 from dnjax.data.choices import STREAMED_DATASETS
 

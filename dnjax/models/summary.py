@@ -77,5 +77,4 @@ def describe(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
-from dnjax.units import human  # noqa: E402  (the zoo table's formatter, re-exported)
 
