@@ -11,6 +11,7 @@ import sys
 
 from dnjax import published
 from dnjax.models import GENERIC, ZOO, get_model, summary
+from dnjax.units import human
 
 
 def rows(names):
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
             parser.error(f"unknown model {n!r}; valid: {', '.join(sorted(ZOO))}")
     header = ["model", "input", "classes", "params", "paper params", "MACs", "paper MACs", "layers per block"]
     fmt_int = lambda v: "" if v is None else f"{v:,}"
-    fmt_macs = lambda v: "" if v is None else summary.human(v)
+    fmt_macs = lambda v: "" if v is None else human(v)
     table = []
     for r in rows(names):
         table.append([

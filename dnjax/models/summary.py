@@ -75,6 +75,3 @@ def describe(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
         "macs": count_macs(model, input_shape, variables),
         "layers_per_block": layers_per_block(model),
     }
-
-
-
