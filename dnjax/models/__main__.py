@@ -1,4 +1,6 @@
-"""Prints the model zoo: ``python -m dnjax.models [--markdown] [--only NAME ...]``.
+"""Prints the model zoo: ``python -m dnjax.models [--markdown] [--only NAME ...] [--fields]``.
+
+``--fields`` lists instead the fields each network takes (what ``--config.model.FIELD`` can set).
 
 Every figure is measured on the real module (``jax.eval_shape`` and a jaxpr walk, no compilation)
 and printed beside the published count where there is one.
@@ -10,7 +12,7 @@ import argparse
 import sys
 
 from dnjax import published
-from dnjax.models import GENERIC, ZOO, get_model, summary
+from dnjax.models import GENERIC, ZOO, field_types, get_model, summary
 from dnjax.units import human
 
 
@@ -39,11 +41,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--only", nargs="*", help="model names to show (default: all)")
+    parser.add_argument("--fields", action="store_true", help="list each network's config fields and their types")
     args = parser.parse_args(argv)
     names = args.only or [n for n in ZOO if n not in GENERIC]
     for n in names:
         if n not in ZOO:
             parser.error(f"unknown model {n!r}; valid: {', '.join(sorted(ZOO))}")
+    if args.fields:
+        for n in names:
+            fields = ", ".join(f"{k}: {t.__name__}" for k, t in field_types(n).items())
+            print(f"{n} ({ZOO[n].family}): {fields}")
+        return 0
     header = ["model", "input", "classes", "params", "paper params", "MACs", "paper MACs", "layers per block"]
     fmt_int = lambda v: "" if v is None else f"{v:,}"
     fmt_macs = lambda v: "" if v is None else human(v)
