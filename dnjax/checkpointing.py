@@ -18,6 +18,16 @@ stops with :class:`CheckpointError` and nothing is changed.
 The best checkpoint stays consistent with the newest one through a crash: before a newer checkpoint
 is started, earlier best saves are complete, and a best save that the crash cut short is redone
 from the restored state (the meta of an evaluated step keeps its test error).
+
+Retention is orbax's own: a ``LatestN`` preservation policy for ``checkpoints/`` and ``BestN`` for
+``best/``. They stay two managers rather than one with ``AnyPreservationPolicy(LatestN, BestN)``
+because the best checkpoint is a directory of its own, ``best/<step>``, that users and tools
+address (``evaluate --which=best``, ``feature_reuse``) and that the fault guarantees are stated
+for: an unreadable best is set aside as ``best/<step>.damaged`` while training goes on, and a
+damaged newest checkpoint is renamed without touching the best. In one manager the best would be
+one of the numbered steps in ``checkpoints/``, and orbax refuses to open a directory in which any
+step's metrics are unreadable. Orbax does not fingerprint arrays or set damaged steps aside; this
+module does both.
 """
 
 from __future__ import annotations
@@ -175,18 +185,24 @@ class Checkpoints:
                  training: bool = False):
         workdir = Path(workdir).absolute()
         self.training = training
+        policies = ocp.checkpoint_managers
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                preservation_policy=policies.LatestN(n=keep), create=True,
+                enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=training,  # what a crash left of an unfinished save
                 multiprocessing_options=self._barriers("latest"),
             ),
         )
+        test_error = lambda m: m["test_error"]  # noqa: E731
         best_options = ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, enable_async_checkpointing=async_save,
+            # BestN keeps the lowest test error (reverse: orbax ranks descending for 'min');
+            # best_fn is still what orbax's best_step() and its reading of the metrics use.
+            preservation_policy=policies.BestN(get_metric_fn=test_error, reverse=True, n=1),
+            create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=training,
-            best_fn=lambda m: m["test_error"], best_mode="min",
+            best_fn=test_error, best_mode="min",
             multiprocessing_options=self._barriers("best"),
         )
         try:  # orbax reads every best checkpoint's test error here
