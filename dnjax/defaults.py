@@ -22,7 +22,8 @@ def model_config(name: str) -> ml_collections.ConfigDict:
 
     DenseNets have growth_rate, bottleneck, dropout_rate, activation, memory_efficient, ...;
     ResNets block, shortcut, widths, stem_features, ...; VGGs their stages (``python -m
-    dnjax.models --fields NAME`` prints them). ``depth`` is there for the depth-based builders.
+    dnjax.models --fields --only NAME`` prints them). ``depth`` is there for the depth-based
+    builders.
     """
     if name not in models.ZOO:
         raise ValueError(f"model={name!r} is unknown; valid names are: {', '.join(sorted(models.ZOO))}")
