@@ -265,7 +265,7 @@ def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
     model = dict(saved.get("model", {}))
     name = model.get("name", defaults.DEFAULT_MODEL)
     config = defaults.get_config(name)
-    fields = models.field_types(name) if name in models.ZOO else {}
+    fields = config.model
     saved = dict(saved, model={k: v for k, v in model.items()
                                if k == "name" or k in fields or v is not None})
     config.update_from_flattened_dict(_flatten(saved))

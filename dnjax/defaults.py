@@ -17,19 +17,20 @@ DEFAULT_MODEL = "densenet_bc100_k12"
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
-    """``config.model`` for zoo network ``name``: its name and every field its module (or builder)
-    takes, each None (keep the zoo entry's value) and typed for the command line.
+    """``config.model`` for zoo network ``name``: its name and every field of its family's module
+    and builders, each None (keep the zoo entry's value) and typed for the command line.
 
     DenseNets have growth_rate, bottleneck, dropout_rate, activation, memory_efficient, ...;
-    ResNets block, shortcut, widths, stem_features, ...; VGGs their stages (``python -m
-    dnjax.models --fields --only NAME`` prints them). ``depth`` is there for the depth-based
-    builders.
+    ResNets block, shortcut, widths, stem_features, ...; VGGs their stages; the depth-based
+    builders ``depth``. The name can change within the family on the command line; a field the
+    chosen network does not take is refused when set (``python -m dnjax.models --fields --only
+    NAME`` lists a network's fields).
     """
     if name not in models.ZOO:
         raise ValueError(f"model={name!r} is unknown; valid names are: {', '.join(sorted(models.ZOO))}")
     m = ml_collections.ConfigDict()
     m.name = name
-    for field, kind in models.field_types(name).items():
+    for field, kind in models.family_field_types(models.family(name)).items():
         m[field] = placeholder(kind)
     return m
 

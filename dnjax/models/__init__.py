@@ -4,8 +4,9 @@ studies' family checks and the ``python -m dnjax.models`` table.
 ``get_model(name, num_classes=10, **overrides)`` builds a flax module; overrides are the module's
 (or its builder's) fields, e.g. ``get_model('densenet_bc100_k12', dropout_rate=0.2,
 memory_efficient=True)`` or ``get_model('densenet_cifar', depth=52, growth_rate=12)``.
-``field_types(name)`` lists those fields with their types: a run's ``config.model`` is generated
-from it, so every field can be set (and is checked) on the command line.
+``field_types(name)`` lists those fields with their types; a run's ``config.model`` holds those of
+the network's whole family (``family_field_types``), so every field can be set (and is checked)
+on the command line.
 """
 
 from __future__ import annotations
@@ -183,6 +184,17 @@ def field_types(name: str) -> dict[str, type]:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 annotations[p.name] = (p.annotation, None if p.default is p.empty else p.default)
     return {k: _field_type(*annotations[k]) for k in accepted_fields(factory) if k not in RUN_FIELDS}
+
+
+def family_field_types(family: str) -> dict[str, type]:
+    """The fields any network of ``family`` takes (module fields and builder arguments), typed:
+    what a run's ``config.model`` holds, so that ``model.name`` can change within the family on
+    the command line. Which of them a given network accepts is ``field_types(name)``."""
+    out: dict[str, type] = {}
+    for n in names(family):
+        for k, t in field_types(n).items():
+            out.setdefault(k, t)
+    return dict(sorted(out.items()))
 
 
 def get_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
