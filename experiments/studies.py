@@ -120,12 +120,9 @@ class Study:
 
 
 def _config(model: str, dataset: str) -> str:
-    if model.startswith("densenet"):
-        path = DENSENET_CONFIG
-    elif model.startswith("vgg"):
-        path = VGG_CONFIG
-    else:
-        path = RESNET_CONFIG
+    from dnjax import models  # the zoo knows each network's family
+
+    path = {"densenet": DENSENET_CONFIG, "resnet": RESNET_CONFIG, "vgg": VGG_CONFIG}[models.family(model)]
     return f"{path}:{model},{dataset}"
 
 
