@@ -128,7 +128,7 @@ def family(name: str) -> str:
 # Module fields that the depth-based builders derive themselves (from ``depth``).
 _SET_BY_BUILDERS = {
     DenseNet: ("block_sizes",),
-    ResNet: ("stage_sizes", "block"),
+    ResNet: ("stage_sizes", "block", "widths", "stem_features"),
     VGG: ("stages",),
 }
 

@@ -236,9 +236,7 @@ def resnet_cifar(depth: int = 20, **kwargs: Any) -> ResNet:
         )
     n = (depth - 2) // 6
     kwargs.setdefault("shortcut", "A")
-    kwargs.setdefault("widths", (16, 32, 64))
-    kwargs.setdefault("stem_features", 16)
-    return ResNet(stage_sizes=(n, n, n), block="basic", **kwargs)
+    return ResNet(stage_sizes=(n, n, n), block="basic", widths=(16, 32, 64), stem_features=16, **kwargs)
 
 
 def resnet_cifar_bottleneck(depth: int = 164, **kwargs: Any) -> ResNet:
@@ -250,9 +248,9 @@ def resnet_cifar_bottleneck(depth: int = 164, **kwargs: Any) -> ResNet:
         )
     n = (depth - 2) // 9
     kwargs.setdefault("shortcut", "B")
-    kwargs.setdefault("widths", (16, 32, 64))
-    kwargs.setdefault("stem_features", 16)
-    return ResNet(stage_sizes=(n, n, n), block="bottleneck", **kwargs)
+    return ResNet(
+        stage_sizes=(n, n, n), block="bottleneck", widths=(16, 32, 64), stem_features=16, **kwargs
+    )
 
 
 ResNet20 = functools.partial(resnet_cifar, depth=20)
