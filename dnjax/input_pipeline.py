@@ -23,7 +23,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -860,7 +859,9 @@ class _LabelledSource:
         }
 
 
-class _ImageNetTrain(grain.transforms.RandomMap):
+# grain is imported only when ImageNet is streamed (make_imagenet_loader registers these two as
+# its RandomMap and Map transforms), so runs on in-memory data do not need it installed.
+class _ImageNetTrain:
     def __init__(self, image_size: int):
         self.image_size = image_size
 
@@ -872,7 +873,7 @@ class _ImageNetTrain(grain.transforms.RandomMap):
         }
 
 
-class _ImageNetEval(grain.transforms.Map):
+class _ImageNetEval:
     def __init__(self, image_size: int):
         self.image_size = image_size
 
@@ -916,6 +917,10 @@ def make_imagenet_loader(
             f"The global batch ({global_batch}) must be a positive multiple of the number of "
             f"processes ({process_count})."
         )
+    import grain
+
+    grain.transforms.RandomMap.register(_ImageNetTrain)
+    grain.transforms.Map.register(_ImageNetEval)
     per_process = global_batch // process_count
     name = _field(data_config, "dataset", "imagenet2012")
     if name not in STREAMED_DATASETS:
