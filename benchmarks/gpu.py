@@ -287,6 +287,8 @@ class Bench:
                     f.result().measurement.note = f"compiled alongside {len(missing) - 1} other(s)"
         for dtype in g.dtypes:
             for me in g.jax_modes:
+                cached = (g.model, g.batch, dtype, me) in self.jax_cache and not missing_compiled(
+                    missing, dtype, me)
                 try:
                     js = self.jax_step(g, dtype, me)
                 except Exception as e:  # noqa: BLE001 - recorded, the other rows go on
@@ -298,7 +300,8 @@ class Bench:
                 rows.append(js.measurement)
                 m = js.measurement
                 log(f"  dnjax {m.model} batch {m.batch} {dtype} memory_efficient={me}: "
-                    f"trace {m.lower_s:.1f} s, compile {m.compile_s:.1f} s")
+                    f"trace {m.lower_s:.1f} s, compile {m.compile_s:.1f} s"
+                    + (" (compiled for an earlier piece)" if cached else ""))
             if not self.have_torch():
                 continue
             for variant, me in g.torch:
@@ -512,6 +515,11 @@ def _model_gflops(row, rows) -> float | None:
         return row.model_gflops_per_img
     same = [r.model_gflops_per_img for r in rows if r.model == row.model and r.model_gflops_per_img]
     return same[0] if same else None
+
+
+def missing_compiled(missing, dtype, me) -> bool:
+    """Whether this row's step was compiled for this piece (not for an earlier one)."""
+    return (dtype, me) in missing
 
 
 def _release_torch_cache() -> None:
