@@ -146,6 +146,8 @@ def make_config(model: str, batch: int, dtype: str, memory_efficient: bool, dry:
     c.dtype = dtype
     if name.startswith("densenet"):
         c.model.memory_efficient = memory_efficient
+    else:  # the DenseNet recipe's dropout field is no ResNet field
+        c.model.dropout_rate = None
     return c
 
 

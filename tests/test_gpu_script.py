@@ -178,3 +178,20 @@ def test_training_summary_and_goals_from_known_figures():
     assert g["bc190_memory_fraction"]["value"] == pytest.approx(0.25) and g["bc190_memory_fraction"]["met"]
     assert g["bc190_time_overhead"]["value"] == pytest.approx(1000 / 950 - 1)
     assert g["bc190_time_overhead"]["met"] is True
+
+
+def test_every_planned_row_has_a_valid_config():
+    """Each row of the plan, full size and dry-run stand-in, is a config the trainer accepts (a
+    ResNet row must not carry the DenseNet recipe's dropout field, say)."""
+    from dnjax.benchmark import measure
+
+    groups = [g for g in gpu.PLAN if not isinstance(g, str)]
+    for g in groups:
+        for dtype in g.dtypes:
+            for me in set(g.jax_modes) | {m for _, m in g.torch}:
+                for dry in (False, True):
+                    c = gpu.make_config(g.model, g.batch, dtype, me, dry)
+                    model = measure.build_model(c)
+                    assert c.dtype == dtype
+                    assert getattr(model, "memory_efficient", False) == (me and g.model.startswith("densenet"))
+    assert {g.model for g in groups} == {"densenet_bc100_k12", "densenet_bc190_k40", "preact_resnet164"}
