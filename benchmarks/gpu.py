@@ -334,7 +334,7 @@ class Bench:
             row.mfu = accelerator.model_flop_utilisation(_model_gflops(row, rows), row.img_per_s, peak)
             if row.model_gflops_per_img is None:
                 row.model_gflops_per_img = _model_gflops(row, rows)
-        result = {"key": g.key, "title": g.title, "status": "done", "rows": [dataclasses.asdict(r) for r in rows],
+        result = {"key": g.key, "title": g.title, "status": "done" if rows else "error", "rows": [dataclasses.asdict(r) for r in rows],
                   "ratios": _ratios(rows), "errors": errors}
         log(format_rows(rows))
         for line in _ratio_lines(result["ratios"]):
