@@ -504,7 +504,7 @@ class Bench:
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers (module level: the tests use them)
+# Module-level functions (the tests use them)
 
 
 def _first_line(e: BaseException) -> str:
