@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from dnjax import config_lib, models, sharding, train
+from dnjax.benchmark import accelerator
 from dnjax.models import summary
 
 
@@ -88,6 +89,11 @@ class Measurement:
     step_gflops_per_img: float | None = None  # the whole train step, as XLA counts it
     temp_mib: float | None = None  # compiled step's temporaries (JAX)
     peak_mib: float | None = None  # allocator peak during a step (GPU)
+    # Device memory of one step: JAX, the compiled step's arguments + unaliased outputs +
+    # temporaries (XLA's buffer assignment); PyTorch, the allocator's peak over one step run alone.
+    step_mib: float | None = None
+    mfu: float | None = None  # model FLOPs (3 x forward) per second over the chip's peak
+    peak_tflops: float | None = None  # the peak used for mfu
     params: int | None = None
     device: str = ""
     date: str = ""
@@ -180,6 +186,7 @@ def jax_step(config: ml_collections.ConfigDict, *, compile_only: bool = False,
         model_gflops_per_img=2 * summary.count_macs(model, shape, variables) / 1e9,
         step_gflops_per_img=float(cost.get("flops", 0.0)) / batch / 1e9 if cost else None,
         temp_mib=mem.temp_size_in_bytes / 2**20 if mem is not None else None,
+        step_mib=accelerator.compiled_step_mib(mem),
         params=summary.count_params(variables),
         device=device_name(),
         date=today(),
@@ -206,8 +213,10 @@ class TorchStep:
 
 
 def torch_step(config: ml_collections.ConfigDict, *, channels_last: bool = True,
-               device: str | None = None) -> TorchStep:
-    """The same network, batch and optimizer in PyTorch (eager), one step per ``run()``."""
+               device: str | None = None, compile: bool = False) -> TorchStep:
+    """The same network, batch and optimizer in PyTorch, one step per ``run()``: eager, or with the
+    model under ``torch.compile`` (compiled by the first ``run()``). On a GPU cuDNN picks its
+    convolution algorithms by timing them (``cudnn.benchmark``), as a tuned PyTorch run would."""
     import torch
     import torch.nn.functional as F
 
@@ -222,12 +231,17 @@ def torch_step(config: ml_collections.ConfigDict, *, channels_last: bool = True,
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     model.train()
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    opt_params = model.parameters()
+    if compile:
+        model = torch.compile(model)
     o = config.optim
     if o.name == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=o.learning_rate, momentum=o.momentum,
+        opt = torch.optim.SGD(opt_params, lr=o.learning_rate, momentum=o.momentum,
                               nesterov=o.nesterov, weight_decay=o.weight_decay)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.momentum, 0.999),
+        opt = torch.optim.AdamW(opt_params, lr=o.learning_rate, betas=(o.momentum, 0.999),
                                 weight_decay=o.weight_decay)
     g = torch.Generator().manual_seed(config.seed)
     x = torch.randn(batch, shape[2], shape[0], shape[1], generator=g).to(dev).to(memory_format=fmt)
@@ -259,7 +273,7 @@ def torch_step(config: ml_collections.ConfigDict, *, channels_last: bool = True,
     else:
         name = f"{dev.type}: {torch.cuda.get_device_name(dev)}"
     m = Measurement(
-        framework="torch" + (" (channels_last)" if channels_last else ""),
+        framework=("torch.compile" if compile else "torch") + (" (channels_last)" if channels_last else ""),
         model=config.model.name,
         batch=batch,
         dtype=config.dtype,

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 
 
 def abstract_variables(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1) -> Any:
@@ -47,7 +48,7 @@ def _macs_of_jaxpr(jaxpr) -> int:
             lhs = eqn.invars[0].aval
             (lhs_contract, _), _ = eqn.params["dimension_numbers"]
             total += math.prod(out.shape) * math.prod(lhs.shape[d] for d in lhs_contract)
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax_core.jaxprs_in_params(eqn.params):
             total += _macs_of_jaxpr(sub)
     return total
 
