@@ -284,7 +284,7 @@ class Bench:
             with concurrent.futures.ThreadPoolExecutor(self.threads(g)) as ex:
                 futures = [ex.submit(self.jax_step, g, d, me) for d, me in missing]
                 concurrent.futures.wait(futures)
-            for (d, me), f in zip(missing, futures):
+            for f in futures:
                 if f.exception() is None:
                     f.result().measurement.note = f"compiled alongside {len(missing) - 1} other(s)"
         for dtype in g.dtypes:
@@ -484,7 +484,6 @@ class Bench:
 
     def ceilings(self) -> dict[str, Any]:
         """Measured rates of one large matrix product (bf16, and float32 at default precision)."""
-        import jax.numpy as jnp
 
         n = 1024 if self.dry else 8192
         out = {"matmul_n": n}
