@@ -300,13 +300,11 @@ def sample_overrides(data_dir: Path | str) -> tuple[tuple[str, Any], ...]:
     )
 
 
-def _cifar10_sample(run: Run, data_dir: Path | str) -> Run | None:
-    """A small member of the run's family on the CIFAR-10 sample, with the run's recipe (C10+:
-    augmentation, no dropout). Runs with no stand-in, or whose stand-in another run already
-    covers (C100+ becomes C10+ here), are left out."""
-    if run.seed not in SAMPLE_SEEDS or run.model not in SAMPLE_STAND_INS:
-        return None
-    zoo, fields, label, stem = SAMPLE_STAND_INS[run.model]
+def _stand_in(run: Run, table: dict[str, tuple[str, dict[str, Any], str, str]]) -> tuple[str, dict[str, Any], str, str]:
+    """The (zoo name, fields, label, run-name stem) of the run's stand-in in a budget's table, with
+    the run's activation override carried over and, in the activation study, the variant in the
+    stem."""
+    zoo, fields, label, stem = table[run.model]
     fields = dict(fields)
     activation = dict(run.overrides).get("model.activation")
     if activation is not None:
@@ -315,6 +313,16 @@ def _cifar10_sample(run: Run, data_dir: Path | str) -> Run | None:
         stem = f"{stem.removeprefix('preact_')}_{run.variant}"
     if activation == "post":
         label += ", post-act."
+    return zoo, fields, label, stem
+
+
+def _cifar10_sample(run: Run, data_dir: Path | str) -> Run | None:
+    """A small member of the run's family on the CIFAR-10 sample, with the run's recipe (C10+:
+    augmentation, no dropout). Runs with no stand-in, or whose stand-in another run already
+    covers (C100+ becomes C10+ here), are left out."""
+    if run.seed not in SAMPLE_SEEDS or run.model not in SAMPLE_STAND_INS:
+        return None
+    zoo, fields, label, stem = _stand_in(run, SAMPLE_STAND_INS)
     name = f"{stem}_c10sample"
     group = name
     if run.group != run.name:  # a study with several seeds keeps them apart
@@ -365,15 +373,7 @@ def _cifar100_cpu(run: Run, data_dir: Path | str) -> Run | None:
     of the full-size network as its reference."""
     if run.seed not in C100_SEEDS or run.model not in C100_STAND_INS or run.dataset != DATASET_NAMES["c100+"]:
         return None
-    zoo, fields, label, stem = C100_STAND_INS[run.model]
-    fields = dict(fields)
-    activation = dict(run.overrides).get("model.activation")
-    if activation is not None:
-        fields["activation"] = activation
-    if run.variant:
-        stem = f"{stem.removeprefix('preact_')}_{run.variant}"
-    if fields.get("activation") == "post" and zoo.startswith("densenet"):
-        label += ", post-act."
+    zoo, fields, label, stem = _stand_in(run, C100_STAND_INS)
     name = f"{stem}_c100cpu"
     config = run.config.split(":")[0] + f":{zoo},c100+"
     overrides = tuple((f"model.{k}", v) for k, v in fields.items()) + cifar100_overrides(data_dir)
