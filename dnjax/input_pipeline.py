@@ -817,16 +817,24 @@ def imagenet_train_transform(rng: np.random.Generator, image: np.ndarray, image_
 
 
 def imagenet_eval_transform(image: np.ndarray, image_size: int) -> np.ndarray:
-    """Resize the shorter side to ``image_size * 256 / 224``, centre crop, normalise: float32 [S, S, 3]."""
+    """torchvision's evaluation transform of its ImageNet weights, float32 [S, S, 3].
+
+    The shorter side is resized to ``image_size * 256 / 224`` (256 for 224) and the longer one to
+    ``int(256 * long / short)`` with PIL's bilinear filter (antialiased, as torchvision resizes
+    PIL images), the centre S x S crop is taken at torchvision's rounded offsets, and the pixels
+    / 255 are normalised with the ImageNet mean and std: pixel for pixel what
+    ``torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.transforms()`` gives.
+    """
     from PIL import Image
 
     pil = _pil_image(image)
     short = int(round(image_size * 256 / 224))
-    scale = short / min(pil.width, pil.height)
-    new_w = max(short, int(round(pil.width * scale)))
-    new_h = max(short, int(round(pil.height * scale)))
-    pil = pil.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+    w, h = pil.width, pil.height
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    if (new_w, new_h) != (w, h):
+        pil = pil.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top = int(round((new_h - image_size) / 2.0))
+    left = int(round((new_w - image_size) / 2.0))
     pil = pil.crop((left, top, left + image_size, top + image_size))
     return _normalize_imagenet(np.asarray(pil, np.float32) / 255.0)
 

@@ -311,3 +311,26 @@ def test_command_line_refuses_bad_input_and_writes_nothing(tmp_path, case):
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no leftovers
 
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation transform
+
+
+@pytest.mark.parametrize("i", range(len(verify.TRANSFORM_SIZES)))
+def test_imagenet_evaluation_transform_is_torchvisions(i):
+    from PIL import Image
+
+    from dnjax import input_pipeline
+
+    source = np.asarray(Image.open(FIXTURES / f"transform_source{i}.png"))
+    assert source.shape[:2] == verify.TRANSFORM_SIZES[i]
+    want = np.asarray(Image.open(FIXTURES / f"transform_torchvision{i}.png"))
+    with np.load(FIXTURES / "transform_rows.npz") as f:
+        crop, row = int(f[f"crop{i}"]), f[f"row{i}"]
+    got = input_pipeline.imagenet_eval_transform(source, crop)
+    assert got.shape == (crop, crop, 3) and got.dtype == np.float32
+    mean = np.asarray(input_pipeline.IMAGENET_MEAN, np.float32)
+    std = np.asarray(input_pipeline.IMAGENET_STD, np.float32)
+    pixels = np.round((got * std + mean) * 255).astype(np.int16)
+    assert np.array_equal(pixels, want), f"{np.sum(pixels != want)} pixel values differ"
+    np.testing.assert_allclose(got[crop // 2], row, rtol=0, atol=1e-6)
