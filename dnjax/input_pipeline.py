@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 IN_MEMORY_DATASETS = ("digits", "npz", "cifar10", "cifar100", "svhn_cropped")
 STREAMED_DATASETS = ("imagenet2012",)
 DATASETS = IN_MEMORY_DATASETS + STREAMED_DATASETS
-NORMALIZATIONS = ("mean_std", "scale")
+NORMALIZATIONS = ("mean_std", "scale", "imagenet")
 
 # Classes of the tfds data sets (their `label` feature).
 TFDS_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn_cropped": 10, "imagenet2012": 1000}
@@ -206,6 +206,12 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     if normalization == "scale":
         channels = train.images.shape[-1]
         mean, std = (0.0,) * channels, (255.0,) * channels
+    elif normalization == "imagenet":  # what ImageNet weights were trained with
+        if train.images.shape[-1] != 3:
+            raise DataError(f"data.normalization='imagenet' needs RGB images; {sources[0]} has "
+                            f"{train.images.shape[-1]} channel(s)")
+        mean = tuple(255.0 * m for m in IMAGENET_MEAN)
+        std = tuple(255.0 * s for s in IMAGENET_STD)
     elif name in CIFAR_MEAN_STD:
         mean, std = CIFAR_MEAN_STD[name]
     else:
@@ -621,6 +627,15 @@ def normalize(images, mean, std) -> jax.Array:
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     return (x - mean) / std
+
+
+def resize(images, size: int | None) -> jax.Array:
+    """Bilinear resize of a batch [N, H, W, C] to size x size (``None``: unchanged). jit-able:
+    small images are enlarged on the device, e.g. CIFAR to the 224 x 224 of ImageNet weights."""
+    if size is None or tuple(images.shape[1:3]) == (size, size):
+        return images
+    n, _, _, c = images.shape
+    return jax.image.resize(images, (n, size, size, c), "bilinear")
 
 
 def augment(rng, images, *, pad: int, flip: bool) -> jax.Array:

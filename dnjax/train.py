@@ -129,6 +129,7 @@ class StepContext:
     flip: bool
     seed: int
     num_classes: int
+    resize: int | None = None  # in-memory images are resized to this on the device
 
 
 def _rngs(seed: int, step: jax.Array):
@@ -146,6 +147,7 @@ def train_step(ctx: StepContext, batch_sharding, state: TrainState, images, labe
     x = input_pipeline.normalize(x, ctx.mean, ctx.std)
     if ctx.augment:
         x = input_pipeline.augment(aug_rng, x, pad=ctx.pad, flip=ctx.flip)
+    x = input_pipeline.resize(x, ctx.resize)
     return _apply_gradients(ctx, state, x, y, dropout_rng)
 
 
@@ -184,7 +186,7 @@ def _apply_gradients(ctx: StepContext, state: TrainState, x, y, dropout_rng):
 def eval_step(ctx: StepContext, batch_sharding, state: TrainState, images, labels, indices, mask):
     """Sums over one padded batch: masked-out (padding) examples count for nothing."""
     x = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
-    x = input_pipeline.normalize(x, ctx.mean, ctx.std)
+    x = input_pipeline.resize(input_pipeline.normalize(x, ctx.mean, ctx.std), ctx.resize)
     return eval_on_batch(ctx, state, x, labels[indices], mask)
 
 
@@ -265,6 +267,10 @@ class Trainer:
             self.train_split = self.test_split = None
         else:  # CIFAR-sized: held on the devices, augmented inside the step
             self.train_split, self.test_split, self.info = input_pipeline.load_in_memory(config.data)
+            if config.data.get("resize"):  # the model sees the resized images
+                size = config.data.resize
+                self.info = dataclasses.replace(
+                    self.info, image_shape=(size, size, self.info.image_shape[-1]))
         self.mesh = sharding.make_mesh(config.mesh_axis)
         try:
             sharding.check_divisible("batch_size", config.batch_size, self.mesh)
@@ -282,6 +288,7 @@ class Trainer:
             model=self.model, tx=self.tx, schedule=self.schedule, mean=tuple(self.info.mean),
             std=tuple(self.info.std), augment=bool(d.augment), pad=int(d.pad), flip=bool(d.flip),
             seed=int(config.seed), num_classes=self.info.num_classes,
+            resize=None if self.streaming else config.data.get("resize"),
         )
         rep = sharding.replicated(self.mesh)
         bat = sharding.batch_sharded(self.mesh)
@@ -304,6 +311,7 @@ class Trainer:
                 functools.partial(eval_step, self.ctx, bat), in_shardings=(None, rep, rep, bat, bat)
             )
         self._all_finite = jax.jit(all_finite)
+        self.init_report: dict[str, Any] | None = None  # what config.init_from loaded
         self.batch_sharding = bat
         self.replicated = rep
 
@@ -384,25 +392,71 @@ class Trainer:
             "test_count": int(n),
         }
 
-    def restore_or_init(self, ckpts: checkpointing.Checkpoints, data_iter=None) -> tuple[TrainState, bool]:
+    def restore_or_init(self, ckpts: checkpointing.Checkpoints, data_iter=None,
+                        initial=None) -> tuple[TrainState, bool]:
+        """The newest checkpoint of the workdir, else a fresh state, started from ``initial``
+        (:meth:`initial_weights`) when given."""
         state = self.init_state()
         shapes = checkpointing.param_shapes(state.params)
         restored = ckpts.restore(abstract_state(state, self.mesh), shapes=shapes, data_iter=data_iter)
         if restored is None:
+            if initial is not None:
+                params, batch_stats, reinitialised = initial
+                params = dict(params, **{k: state.params[k] for k in reinitialised})
+                # The optimizer state of SGD and AdamW at step 0 does not depend on the values.
+                state = state.replace(params=jax.device_put(params, self.replicated),
+                                      batch_stats=jax.device_put(batch_stats, self.replicated))
             return state, False
         ckpts.complete_best(*restored)
         return restored[0], True
+
+    def initial_weights(self):
+        """``config.init_from``'s parameters and BatchNorm statistics for this run's model:
+        (params, batch_stats, names of the reinitialised modules). The classifier (``head``) is
+        reinitialised when the number of classes differs; any other difference stops the run."""
+        src = self.config.init_from
+        try:
+            params, batch_stats, meta = checkpointing.read_weights(src)
+        except checkpointing.CheckpointError as e:
+            raise config_lib.ConfigError(f"config.init_from={src!r}: {e}") from None
+        abstract = jax.eval_shape(functools.partial(
+            init_variables, self.model, self.info.image_shape, self.config.seed))
+        shapes = checkpointing.param_shapes
+        problems = checkpointing.compare_shapes(
+            {**shapes(params), **{f"[stats]{k}": v for k, v in shapes(batch_stats).items()}},
+            {**shapes(abstract["params"]),
+             **{f"[stats]{k}": v for k, v in shapes(abstract.get("batch_stats", {})).items()}})
+        classes = meta.get("num_classes")
+        head = [p for p in problems if p.startswith("['head']")]
+        if len(head) < len(problems) or (head and classes == self.info.num_classes):
+            other = [p for p in problems if not p.startswith("['head']")] or head
+            raise config_lib.ConfigError(
+                f"config.init_from={src!r} holds a checkpoint of another model "
+                f"({meta.get('model', {}).get('name', '?')}) than config.model "
+                f"({self.config.model.name}): {len(problems)} variable(s) differ, e.g. "
+                f"{other[0].replace('config', 'this run')}. Nothing was written."
+            )
+        reinitialised = ("head",) if head else ()
+        if head:
+            log.warning("init_from %s: reinitialised the classifier %s (%s classes there, %d here)",
+                        src, ", ".join(head), classes, self.info.num_classes)
+        self.init_report = {"init_from": str(src), "reinitialised": list(reinitialised)}
+        return params, batch_stats, reinitialised
 
     # ---- the loop
 
     def run(self) -> RunResult:
         cfg, sched = self.config, self.sched
+        # Read before anything is written: weights that do not fit stop the run untouched.
+        initial = None
+        if cfg.init_from and not checkpointing.has_checkpoints(self.workdir):
+            initial = self.initial_weights()
         ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints, training=True)
         # A streamed input's position is part of the checkpoint; in-memory batches are a pure
         # function of (seed, step) and need nothing saved.
         self.data_iter = iter(self._loader(train=True)) if self.streaming else None
         try:
-            state, resumed = self.restore_or_init(ckpts, self.data_iter)
+            state, resumed = self.restore_or_init(ckpts, self.data_iter, initial)
         except BaseException:
             ckpts.close()
             raise
@@ -422,6 +476,7 @@ class Trainer:
                     params=int(sum(x.size for x in jax.tree.leaves(state.params))),
                     steps_per_epoch=sched.steps_per_epoch, total_steps=sched.total_steps,
                     devices=jax.device_count(), processes=jax.process_count(),
+                    **(self.init_report or {}),
                 )
             return self._loop(state, start, ckpts, metrics_log)
         finally:

@@ -272,7 +272,8 @@ def test_command_line_writes_a_workdir_that_evaluate_reads(converted):
     want = convert.convert_state_dict(state_dict, verify.fixture_model(spec))
     got = runs.flat({"params": state["params"], "batch_stats": state["batch_stats"]})
     expected = runs.flat(want)
-    assert got.keys() == expected.keys() and len(got) == len(state_dict) - 120  # no counters
+    counters = sum(k.endswith("num_batches_tracked") for k in state_dict)
+    assert got.keys() == expected.keys() and len(got) == len(state_dict) - counters
     for k in got:
         assert np.array_equal(got[k], expected[k]), k
 
@@ -334,3 +335,140 @@ def test_imagenet_evaluation_transform_is_torchvisions(i):
     pixels = np.round((got * std + mean) * 255).astype(np.int16)
     assert np.array_equal(pixels, want), f"{np.sum(pixels != want)} pixel values differ"
     np.testing.assert_allclose(got[crop // 2], row, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting a run from other weights (config.init_from)
+
+
+def _tiny(workdir_steps=2, **fields):
+    import tiny_config
+
+    config = tiny_config.get_config()
+    config.num_train_steps = workdir_steps
+    config.compilation_cache_dir = ""
+    for k, v in fields.items():
+        node = config
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return config
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    from dnjax import train
+
+    old = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    workdir = tmp_path_factory.mktemp("source")
+    try:
+        assert train.Trainer(_tiny(2), workdir).run().status == "finished"
+    finally:
+        jax.config.update("jax_disable_most_optimizations", old)
+    return workdir
+
+
+def _start(config, workdir):
+    """The state a run of ``config`` starts from (nothing trained)."""
+    from dnjax import checkpointing, train
+
+    trainer = train.Trainer(config, workdir)
+    ckpts = checkpointing.Checkpoints(workdir, training=True)
+    try:
+        state, resumed = trainer.restore_or_init(ckpts, None, trainer.initial_weights())
+    finally:
+        ckpts.close()
+    assert not resumed
+    return trainer, runs.flat(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
+
+
+def test_init_from_loads_weights_bit_exactly(source_run, tmp_path, fast_compile):
+    saved = runs.load_state(source_run)
+    want = runs.flat({"params": saved["params"], "batch_stats": saved["batch_stats"]})
+    _, got = _start(_tiny(init_from=str(source_run), seed=7), tmp_path / "b")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+
+
+def test_init_from_reinitialises_only_the_classifier_when_classes_differ(source_run, tmp_path,
+                                                                         fast_compile, caplog):
+    saved = runs.load_state(source_run)
+    want = runs.flat({"params": saved["params"], "batch_stats": saved["batch_stats"]})
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):  # 12 classes of 8 x 8 grey images, like the digits
+        np.savez(tmp_path / f"{split}.npz", image=rng.integers(0, 17, (24, 8, 8, 1), dtype=np.uint8),
+                 label=np.arange(24) % 12)
+    config = _tiny(init_from=str(source_run), seed=7, **{
+        "data.dataset": "npz", "data.npz_train": str(tmp_path / "train.npz"),
+        "data.npz_test": str(tmp_path / "test.npz")})
+    with caplog.at_level("WARNING", logger="dnjax"):
+        trainer, got = _start(config, tmp_path / "b")
+    fresh = runs.flat({"params": jax.device_get(trainer.init_state().params)})
+    assert got["/params/head/kernel"].shape[-1] == 12
+    for k in got:
+        if k.startswith("/params/head/"):
+            assert np.array_equal(got[k], fresh[k]), k  # this run's own initialisation
+        else:
+            assert np.array_equal(got[k], want[k]), k
+    assert "reinitialised the classifier ['head']['bias']" in caplog.text
+    assert "['head']['kernel']" in caplog.text and "(10 classes there, 12 here)" in caplog.text
+
+
+def test_init_from_a_checkpoint_of_another_model_stops_and_writes_nothing(source_run, tmp_path, cache):
+    workdir = tmp_path / "other"
+    r = runs.run_main(workdir, f"--config.init_from={source_run}", "--config.model.name=resnet_tiny",
+                      cache=cache)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "holds a checkpoint of another model (densenet_bc_tiny) than " \
+        "config.model (resnet_tiny)" in errors[0], r.stderr
+    assert not workdir.exists()
+    r = runs.run_main(workdir, f"--config.init_from={tmp_path / 'nowhere'}", cache=cache)
+    assert r.returncode == 2 and "config.init_from=" in r.stderr and not workdir.exists()
+
+
+def test_finetune_config_is_valid_and_enlarges_images_on_the_device(tmp_path, fast_compile):
+    """The fine-tuning config as written, and its data path (ImageNet normalisation, images
+    enlarged inside the step) on small RGB images with a tiny network."""
+    from configs import finetune_densenet121
+    from dnjax import config_lib, train
+
+    config = finetune_densenet121.get_config(str(tmp_path))
+    config_lib.validate(config)
+    assert config.init_from == str(tmp_path) and config.data.resize == 224
+    train_npz, test_npz = _npz_data(tmp_path, size=12)
+    config.model.name = "densenet_bc_tiny"
+    config.init_from = None
+    config.data.dataset = "npz"
+    config.data.npz_train, config.data.npz_test = str(train_npz), str(test_npz)
+    config.data.resize = 24
+    config.batch_size, config.eval_batch_size = 8, 8
+    config.num_train_steps = 2
+    config.progress_bar = False
+    config.compilation_cache_dir = ""
+    trainer = train.Trainer(config, tmp_path / "run")
+    assert trainer.info.image_shape == (24, 24, 3)
+    assert trainer.info.mean == pytest.approx((123.675, 116.28, 103.53))
+    result = trainer.run()
+    assert result.status == "finished" and result.metrics["test_count"] == 12
+    # The evaluation saw the enlarged images: its loss is that of the model on them, not on the
+    # 12 x 12 originals.
+    import optax
+
+    from dnjax import input_pipeline
+
+    with np.load(test_npz) as f:
+        images, labels = f["image"], f["label"]
+    state = trainer.final_state
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def loss(x):
+        logits = trainer.model.apply(variables, x, train=False)
+        return float(optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
+
+    x = input_pipeline.normalize(images, trainer.info.mean, trainer.info.std)
+    assert loss(input_pipeline.resize(x, 24)) == pytest.approx(result.metrics["test_loss"], rel=1e-5)
+    assert loss(x) != pytest.approx(result.metrics["test_loss"], rel=1e-3)
