@@ -379,3 +379,41 @@ class Checkpoints:
             if self._quiet:
                 self._quiet = False
                 _QUIET.release()
+
+
+def has_checkpoints(workdir: str | Path) -> bool:
+    path = Path(workdir) / "checkpoints"
+    return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+
+
+def read_weights(workdir: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The parameters and BatchNorm statistics (numpy) and the meta of a workdir's newest
+    checkpoint, checked against the fingerprints saved with them: what another run starts from
+    (``config.init_from``). Reads only; the optimizer state, whatever its structure, is skipped.
+    """
+    path = Path(workdir).absolute() / "checkpoints"
+    if not has_checkpoints(workdir):
+        raise CheckpointError(f"{workdir} holds no checkpoint (no step directory in {path})")
+    steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True)
+    step_dir = path / str(steps[0])
+    _QUIET.acquire()
+    try:
+        meta = json.loads((step_dir / "meta" / "metadata").read_text())
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = ckptr.metadata(step_dir / "state").item_metadata.tree
+            wanted = {k: tree[k] for k in ("params", "batch_stats") if k in tree}
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+            restored = ckptr.restore(step_dir / "state", item=wanted, restore_args=args,
+                                     partial_restore=True)
+    except Exception as e:
+        raise CheckpointError(f"Cannot read the checkpoint {step_dir}: {_one_line(e)}") from None
+    finally:
+        _QUIET.release()
+    saved = meta.get("fingerprint") or {}
+    for part in ("params", "batch_stats"):
+        for key, value in fingerprint(restored.get(part, {})).items():
+            want = saved.get(f".{part}{key}")
+            if want is not None and want != value:
+                raise CheckpointError(f"{step_dir}: {part}{key} differs from the fingerprint saved "
+                                      "with it; the checkpoint is damaged")
+    return restored["params"], restored.get("batch_stats", {}), meta

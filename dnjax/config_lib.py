@@ -85,9 +85,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _integer("data.pad", d.pad, low=0)
     _integer("data.workers", d.workers, low=0)
     _integer("data.image_size", d.image_size, low=1)
-    for f in ("train_limit", "test_limit", "num_classes"):
+    for f in ("train_limit", "test_limit", "num_classes", "resize"):
         if d[f] is not None:
             _integer(f"data.{f}", d[f], low=1)
+    init_from = config.get("init_from")
+    if init_from is not None and not Path(init_from).is_dir():
+        _fail("init_from", init_from, "it must be the workdir of a run or of a converted checkpoint "
+              "(python -m dnjax.convert)")
     _integer("seed", config.seed, low=0)
     _integer("batch_size", config.batch_size, low=1)
     _integer("eval_batch_size", config.eval_batch_size, low=1)

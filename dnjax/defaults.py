@@ -52,6 +52,8 @@ def get_config(model: str = DEFAULT_MODEL):
     c.data.npz_label = "label"  # e.g. 'coarse_label' for CIFAR-100's 20 superclasses
     c.data.num_classes = placeholder(int)  # None: from the data set
     c.data.normalization = "mean_std"  # choices.NORMALIZATIONS: mean_std (CIFAR) | scale (pixels / 255, SVHN)
+    # | imagenet (ImageNet's mean and std, for ImageNet weights)
+    c.data.resize = placeholder(int)  # in-memory data: enlarge to resize x resize on the device
     c.data.augment = True  # the "+" of C10+: zero-pad random crop and horizontal flip
     c.data.pad = 4
     c.data.flip = True
@@ -59,6 +61,11 @@ def get_config(model: str = DEFAULT_MODEL):
     c.data.workers = 0  # grain decoding processes per host for streamed (ImageNet) data
     c.data.train_limit = placeholder(int)  # use only the first N training images (smoke runs)
     c.data.test_limit = placeholder(int)
+
+    # A workdir (a converted one from python -m dnjax.convert, or any run's) whose newest
+    # checkpoint's parameters and BatchNorm statistics start this run; the classifier is
+    # reinitialised when the number of classes differs. A run that resumes ignores it.
+    c.init_from = placeholder(str)
 
     c.seed = 0
     c.batch_size = 64  # global, over all devices and processes

@@ -148,3 +148,30 @@ def imagenet(arg="densenet121"):
     c.dtype = "bfloat16"
     c.log_every_steps = 100
     return c
+
+
+def finetune_densenet121(init_from=None):
+    """DenseNet-121 fine-tuned from converted ImageNet weights (``init_from``, a workdir written by
+    ``python -m dnjax.convert``) to CIFAR-100 at 224 x 224: C100+ augmentation, then a bilinear
+    enlargement on the device and ImageNet's normalisation; 15 epochs at batch 128, SGD with
+    Nesterov momentum, learning rate 0.01 after one epoch of warm-up, cosine decay
+    (``configs/finetune_densenet121.py``)."""
+    c = defaults.get_config("densenet121")
+    c.init_from = init_from or None
+    c.data.dataset = "cifar100"
+    c.data.normalization = "imagenet"
+    c.data.augment = True
+    c.data.pad = 4
+    c.data.flip = True
+    c.data.resize = 224
+    c.batch_size = 128
+    c.eval_batch_size = 200
+    c.num_epochs = 15.0
+    c.optim.learning_rate = 0.01
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 1.0
+    c.optim.warmup_factor = 0.1
+    c.optim.weight_decay = 1e-4
+    c.eval_every_epochs = 1.0
+    c.log_every_steps = 50
+    return c

@@ -36,6 +36,7 @@ import optax
 
 from dnjax import checkpointing, config_lib, logs, profiling, sharding
 from dnjax.data import sources
+from dnjax.data.choices import STREAMED_DATASETS
 
 log = logging.getLogger("dnjax")
 
@@ -135,6 +136,7 @@ class StepContext:
     flip: bool
     seed: int
     num_classes: int
+    resize: int | None = None  # in-memory images are resized to this on the device
 
 
 def dropout_rng(seed: int, step: jax.Array) -> jax.Array:
@@ -265,12 +267,14 @@ class Setup:
             model=self.model, tx=self.tx, schedule=self.schedule, mean=tuple(self.info.mean),
             std=tuple(self.info.std), augment=bool(d.augment), pad=int(d.pad), flip=bool(d.flip),
             seed=int(config.seed), num_classes=self.info.num_classes,
+            resize=None if config.data.dataset in STREAMED_DATASETS else config.data.get("resize"),
         )
         self._train_step = self.source.train_step(self.ctx, functools.partial(train_step_on_batch, self.ctx))
         self._eval_step = self.source.eval_step(self.ctx, functools.partial(eval_on_batch, self.ctx))
         self._all_finite = jax.jit(all_finite)
         self.batch_sharding = sharding.batch_sharded(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
+        self.init_report: dict[str, Any] | None = None  # what config.init_from loaded
 
     def meta(self, state, epoch: float) -> dict[str, Any]:
         return {
@@ -314,20 +318,66 @@ class Trainer(Setup):
         super().__init__(config)
         self.workdir = Path(workdir)
 
-    def restore_or_init(self, ckpts: checkpointing.Checkpoints) -> tuple[TrainState, bool]:
+    def restore_or_init(self, ckpts: checkpointing.Checkpoints, initial=None) -> tuple[TrainState, bool]:
+        """The newest checkpoint of the workdir, else a fresh state, started from ``initial``
+        (:meth:`initial_weights`) when given."""
         restored = self.restore(ckpts, items=self.source.restore_items())
         if restored is None:
-            return self.init_state(), False
+            state = self.init_state()
+            if initial is not None:
+                params, batch_stats, reinitialised = initial
+                params = dict(params, **{k: state.params[k] for k in reinitialised})
+                # The optimizer state of SGD and AdamW at step 0 does not depend on the values.
+                state = state.replace(params=jax.device_put(params, self.replicated),
+                                      batch_stats=jax.device_put(batch_stats, self.replicated))
+            return state, False
         ckpts.complete_best(*restored)
         return restored[0], True
+
+    def initial_weights(self):
+        """``config.init_from``'s parameters and BatchNorm statistics for this run's model:
+        (params, batch_stats, names of the reinitialised modules). The classifier (``head``) is
+        reinitialised when the number of classes differs; any other difference stops the run."""
+        src = self.config.init_from
+        try:
+            params, batch_stats, meta = checkpointing.read_weights(src)
+        except checkpointing.CheckpointError as e:
+            raise config_lib.ConfigError(f"config.init_from={src!r}: {e}") from None
+        abstract = jax.eval_shape(functools.partial(
+            init_variables, self.model, self.info.image_shape, self.config.seed))
+        shapes = checkpointing.param_shapes
+        problems = checkpointing.compare_shapes(
+            {**shapes(params), **{f"[stats]{k}": v for k, v in shapes(batch_stats).items()}},
+            {**shapes(abstract["params"]),
+             **{f"[stats]{k}": v for k, v in shapes(abstract.get("batch_stats", {})).items()}})
+        classes = meta.get("num_classes")
+        head = [p for p in problems if p.startswith("['head']")]
+        if len(head) < len(problems) or (head and classes == self.info.num_classes):
+            other = [p for p in problems if not p.startswith("['head']")] or head
+            raise config_lib.ConfigError(
+                f"config.init_from={src!r} holds a checkpoint of another model "
+                f"({meta.get('model', {}).get('name', '?')}) than config.model "
+                f"({self.config.model.name}): {len(problems)} variable(s) differ, e.g. "
+                f"{other[0].replace('config', 'this run')}. Nothing was written."
+            )
+        reinitialised = ("head",) if head else ()
+        if head:
+            log.warning("init_from %s: reinitialised the classifier %s (%s classes there, %d here)",
+                        src, ", ".join(head), classes, self.info.num_classes)
+        self.init_report = {"init_from": str(src), "reinitialised": list(reinitialised)}
+        return params, batch_stats, reinitialised
 
     # ---- the loop
 
     def run(self) -> RunResult:
         cfg, sched = self.config, self.sched
+        # Read before anything is written: weights that do not fit stop the run untouched.
+        initial = None
+        if cfg.init_from and not checkpointing.has_checkpoints(self.workdir):
+            initial = self.initial_weights()
         ckpts = checkpointing.Checkpoints(self.workdir, keep=cfg.keep_checkpoints, training=True)
         try:
-            state, resumed = self.restore_or_init(ckpts)
+            state, resumed = self.restore_or_init(ckpts, initial)
         except BaseException:
             ckpts.close()
             raise
@@ -347,6 +397,7 @@ class Trainer(Setup):
                     params=int(sum(x.size for x in jax.tree.leaves(state.params))),
                     steps_per_epoch=sched.steps_per_epoch, total_steps=sched.total_steps,
                     devices=jax.device_count(), processes=jax.process_count(),
+                    **(self.init_report or {}),
                 )
             return self._loop(state, start, ckpts, metrics_log)
         finally:

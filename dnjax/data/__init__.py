@@ -17,7 +17,7 @@ ImageNet (``tfds``, ``imagenet``); a run on npz or digits data imports neither. 
 ``imagenet`` are available here too, imported on first use.
 """
 
-from dnjax.data.augmentation import augment, normalize
+from dnjax.data.augmentation import augment, normalize, resize
 from dnjax.data.base import DataError, DatasetInfo, Split
 from dnjax.data.choices import DATASETS, IN_MEMORY_DATASETS, NORMALIZATIONS, NUM_CLASSES, STREAMED_DATASETS
 from dnjax.data.in_memory import channel_mean_std, load_in_memory
@@ -44,6 +44,6 @@ def __getattr__(name):
 __all__ = [
     "DATASETS", "IN_MEMORY_DATASETS", "NORMALIZATIONS", "NUM_CLASSES", "STREAMED_DATASETS",
     "DataError", "DatasetInfo", "Split", "augment", "channel_mean_std", "epoch_permutation",
-    "eval_batches", "load_in_memory", "normalize", "npz_paths", "steps_per_epoch",
+    "eval_batches", "load_in_memory", "normalize", "npz_paths", "resize", "steps_per_epoch",
     "train_batch_indices", *_LAZY,
 ]

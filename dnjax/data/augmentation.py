@@ -21,6 +21,15 @@ def normalize(images, mean, std) -> jax.Array:
     return (x - mean) / std
 
 
+def resize(images, size: int | None) -> jax.Array:
+    """Bilinear resize of a batch [N, H, W, C] to size x size (``None``: unchanged). jit-able:
+    small images are enlarged on the device, e.g. CIFAR to the 224 x 224 of ImageNet weights."""
+    if size is None or tuple(images.shape[1:3]) == (size, size):
+        return images
+    n, _, _, c = images.shape
+    return jax.image.resize(images, (n, size, size, c), "bilinear")
+
+
 def augment(rng, images, *, pad: int, flip: bool) -> jax.Array:
     """Random crop after zero padding, and random horizontal flip, per example. jit-able.
 

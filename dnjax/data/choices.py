@@ -7,7 +7,7 @@ with the zoo (``dnjax.models``).
 IN_MEMORY_DATASETS = ("digits", "npz", "cifar10", "cifar100", "svhn_cropped")
 STREAMED_DATASETS = ("imagenet2012",)
 DATASETS = IN_MEMORY_DATASETS + STREAMED_DATASETS
-NORMALIZATIONS = ("mean_std", "scale")
+NORMALIZATIONS = ("mean_std", "scale", "imagenet")
 
 # Classes of the data sets with a fixed label set (digits and the tfds sets' `label` feature); an
 # npz data set has as many as its labels say (or data.num_classes).
@@ -20,6 +20,10 @@ TFDS_SPLITS = {
     "svhn_cropped": ("train", "test"),
     "imagenet2012": ("train", "validation"),
 }
+
+# ImageNet's per-channel mean and std (pixels / 255): what ImageNet weights were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Per-channel normalisation constants of the CIFAR recipe (the paper's code, fb.resnet.torch's
 # CIFAR loader), 0..255 scale.

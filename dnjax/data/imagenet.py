@@ -13,13 +13,11 @@ import grain
 import numpy as np
 
 from dnjax.data.base import DataError, DatasetInfo, _field, _limit
-from dnjax.data.choices import NUM_CLASSES, STREAMED_DATASETS, TFDS_SPLITS
+from dnjax.data.choices import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, STREAMED_DATASETS, TFDS_SPLITS
 from dnjax.data.tfds import open_tfds_source
 
 # ImageNet constants on the 0..1 scale, and the PCA of its RGB pixels for the lighting noise
 # (the eigen-decomposition published with AlexNet and used by fb.resnet.torch).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
 IMAGENET_EIGVEC = np.array(
     [
@@ -127,16 +125,24 @@ def imagenet_train_transform(rng: np.random.Generator, image: np.ndarray, image_
 
 
 def imagenet_eval_transform(image: np.ndarray, image_size: int) -> np.ndarray:
-    """Resize the shorter side to ``image_size * 256 / 224``, centre crop, normalise: float32 [S, S, 3]."""
+    """torchvision's evaluation transform of its ImageNet weights, float32 [S, S, 3].
+
+    The shorter side is resized to ``image_size * 256 / 224`` (256 for 224) and the longer one to
+    ``int(256 * long / short)`` with PIL's bilinear filter (antialiased, as torchvision resizes
+    PIL images), the centre S x S crop is taken at torchvision's rounded offsets, and the pixels
+    / 255 are normalised with the ImageNet mean and std: pixel for pixel what
+    ``torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.transforms()`` gives.
+    """
     from PIL import Image
 
     pil = _pil_image(image)
     short = int(round(image_size * 256 / 224))
-    scale = short / min(pil.width, pil.height)
-    new_w = max(short, int(round(pil.width * scale)))
-    new_h = max(short, int(round(pil.height * scale)))
-    pil = pil.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+    w, h = pil.width, pil.height
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    if (new_w, new_h) != (w, h):
+        pil = pil.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top = int(round((new_h - image_size) / 2.0))
+    left = int(round((new_w - image_size) / 2.0))
     pil = pil.crop((left, top, left + image_size, top + image_size))
     return _normalize_imagenet(np.asarray(pil, np.float32) / 255.0)
 

@@ -22,7 +22,16 @@ from dnjax.data.base import (
     _limit,
     _validate_split,
 )
-from dnjax.data.choices import CIFAR_MEAN_STD, DATASETS, NORMALIZATIONS, NUM_CLASSES, STREAMED_DATASETS, TFDS_SPLITS
+from dnjax.data.choices import (
+    CIFAR_MEAN_STD,
+    DATASETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZATIONS,
+    NUM_CLASSES,
+    STREAMED_DATASETS,
+    TFDS_SPLITS,
+)
 
 log = logging.getLogger("dnjax")
 
@@ -117,6 +126,12 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     if normalization == "scale":
         channels = train.images.shape[-1]
         mean, std = (0.0,) * channels, (255.0,) * channels
+    elif normalization == "imagenet":  # what ImageNet weights were trained with
+        if train.images.shape[-1] != 3:
+            raise DataError(f"data.normalization='imagenet' needs RGB images; {sources[0]} has "
+                            f"{train.images.shape[-1]} channel(s)")
+        mean = tuple(255.0 * m for m in IMAGENET_MEAN)
+        std = tuple(255.0 * s for s in IMAGENET_STD)
     elif name in CIFAR_MEAN_STD:
         mean, std = CIFAR_MEAN_STD[name]
     else:

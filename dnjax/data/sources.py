@@ -20,6 +20,7 @@ checkpoint. :func:`make_source` picks one from the config (grain is imported onl
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterator, Protocol
 
 import jax
@@ -80,7 +81,7 @@ class DeviceResident:
             x, y = self._prepare(ctx, images, labels, indices)
             if ctx.augment:
                 x = augment_lib.augment(augment_rng(ctx.seed, state.step), x, pad=ctx.pad, flip=ctx.flip)
-            return step_on_batch(state, x, y)
+            return step_on_batch(state, augment_lib.resize(x, ctx.resize), y)
 
         rep, bat = self.replicated, self.batch_sharding
         return jax.jit(step, in_shardings=(None, rep, rep, bat), donate_argnums=(0,))
@@ -88,7 +89,7 @@ class DeviceResident:
     def eval_step(self, ctx, eval_on_batch: Callable) -> Callable:
         def step(state, images, labels, indices, mask):
             x, y = self._prepare(ctx, images, labels, indices)
-            return eval_on_batch(state, x, y, mask)
+            return eval_on_batch(state, augment_lib.resize(x, ctx.resize), y, mask)
 
         rep, bat = self.replicated, self.batch_sharding
         return jax.jit(step, in_shardings=(None, rep, rep, bat, bat))
@@ -187,6 +188,9 @@ def make_source(config, mesh) -> DataSource:
     from dnjax.data.in_memory import load_in_memory
 
     train, test, info = load_in_memory(config.data)
+    size = config.data.get("resize")
+    if size:  # the steps enlarge the batches on the device: the model sees size x size images
+        info = dataclasses.replace(info, image_shape=(size, size, info.image_shape[-1]))
     return DeviceResident(config, mesh, train, test, info)
 
 
