@@ -205,15 +205,14 @@ class Checkpoints:
             best_fn=test_error, best_mode="min",
             multiprocessing_options=self._barriers("best"),
         )
-        try:  # orbax reads every best checkpoint's test error here
+        if training:  # before orbax reads every best checkpoint's test error
+            self._repair_best(workdir / "best")
+        try:
             self.best = ocp.CheckpointManager(workdir / "best", options=best_options)
         except Exception as e:
-            if not training:
-                self.latest.close()
-                raise CheckpointError(f"Cannot read the best checkpoints in {workdir / 'best'}: "
-                                      f"{_one_line(e)}") from None
-            self._set_aside_unreadable_best(workdir / "best", e)
-            self.best = ocp.CheckpointManager(workdir / "best", options=best_options)
+            self.latest.close()
+            raise CheckpointError(f"Cannot read the best checkpoints in {workdir / 'best'}: "
+                                  f"{_one_line(e)}") from None
         self._fingerprinted: tuple[int | None, dict[str, int] | None] = (None, None)
         self._quiet = False  # whether this instance holds _QUIET
 
@@ -258,7 +257,8 @@ class Checkpoints:
         prev = self._best_error()
         if prev is not None and test_error >= prev:
             return
-        meta = self._with_fingerprint(step, state, meta)
+        # the meta keeps the test error too: the copy that repairs a lost metrics file
+        meta = dict(self._with_fingerprint(step, state, meta), test_error=float(test_error))
         self.best.save(step, args=self._args(state, meta), metrics={"test_error": float(test_error)},
                        force=True)
 
@@ -349,19 +349,38 @@ class Checkpoints:
         self.latest.reload()
 
     @staticmethod
-    def _set_aside_unreadable_best(directory: Path, error: Exception) -> None:
-        if jax.process_index() == 0:
-            for d in sorted(p for p in directory.iterdir() if p.name.isdigit()):
+    def _repair_best(directory: Path) -> None:
+        """Every best checkpoint gets a readable test error, or is set aside.
+
+        orbax keeps a best checkpoint's test error in ``best/<step>/metrics``; a checkpoint whose
+        file is missing is not ranked at all (so a worse one would be kept beside it) and an
+        unreadable one stops orbax. The error is also in the checkpoint's meta: it is written back
+        from there, and a checkpoint with neither is renamed ``<step>.damaged`` with the reason.
+        """
+        if jax.process_index() == 0 and directory.is_dir():
+            for d in sorted((p for p in directory.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+                metrics = d / "metrics" / "metrics"
                 try:
-                    json.loads((d / "metrics" / "metrics").read_text())
-                except FileNotFoundError:
+                    float(json.loads(metrics.read_text())["test_error"])
                     continue
-                except Exception:
-                    log.warning("The best checkpoint %s has an unreadable test error (%s); moved it "
-                                "to %s. The run's next evaluations choose a new best.",
-                                d, _one_line(error), _move_aside(d))
+                except Exception as e:  # noqa: BLE001 - any way of being unreadable
+                    problem = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({_one_line(e)})"
+                try:
+                    meta = json.loads((d / "meta" / "metadata").read_text())
+                    test_error = float(meta["test_error"])
+                except Exception as e:  # noqa: BLE001
+                    log.warning("The best checkpoint %s has a %s test error and its meta cannot supply "
+                                "it (%s); moved it to %s. The run's next evaluations choose a new best.",
+                                d, problem, _one_line(e), _move_aside(d))
+                    continue
+                metrics.parent.mkdir(exist_ok=True)
+                tmp = metrics.with_name("metrics.tmp")
+                tmp.write_text(json.dumps({"test_error": test_error}))
+                os.replace(tmp, metrics)
+                log.warning("The best checkpoint %s had a %s test error; restored %.4g from its meta",
+                            d, problem, test_error)
         if jax.process_count() > 1:
-            ocp.multihost.sync_global_processes("dnjax_set_aside_unreadable_best")
+            ocp.multihost.sync_global_processes("dnjax_repair_best")
 
     def reached_preemption(self, step: int) -> bool:
         return self.latest.reached_preemption(step)
@@ -369,6 +388,14 @@ class Checkpoints:
     def wait(self) -> None:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
+
+    def abandon(self) -> None:
+        """Leaves the managers without waiting for their saves: after a storage error, when what
+        is still being written can only fail and the process is about to exit. The tracebacks of
+        orbax's threads are then not printed on top of the run's own one-line error."""
+        if self._quiet:
+            self._quiet = False
+            _QUIET.release()
 
     def close(self) -> None:
         try:
@@ -381,9 +408,15 @@ class Checkpoints:
                 _QUIET.release()
 
 
-def has_checkpoints(workdir: str | Path) -> bool:
+def committed_steps(workdir: str | Path) -> list[int]:
+    """The steps of ``workdir/checkpoints`` whose saves completed (orbax renames a save's
+    temporary directory to its step when it is complete), oldest first."""
     path = Path(workdir) / "checkpoints"
-    return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
+
+
+def has_checkpoints(workdir: str | Path) -> bool:
+    return bool(committed_steps(workdir))
 
 
 def read_weights(workdir: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

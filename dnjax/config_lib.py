@@ -282,3 +282,41 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {workdir} the workdir of a dnjax run?")
     return from_json(json.loads(path.read_text()))
+
+
+# ---- Resuming with a changed config
+#
+# A rerun on a workdir that holds checkpoints continues that run. Its config is compared with the
+# run's config.json: fields that decide only what is evaluated, logged, kept or shown may change;
+# the run's length may change once it has finished (extending it); any other change (model, data,
+# batch, optimizer, schedule, seed, dtype, and fields this list does not know) would silently
+# continue the old trajectory under new settings, so it is refused unless accepted by name.
+RESUME_FREE = (
+    "eval_every_epochs", "eval_batch_size", "log_every_steps", "checkpoint_every_epochs",
+    "keep_checkpoints", "progress_bar", "compilation_cache_dir", "profile_steps", "halt_after_steps",
+    "mesh_axis", "data.workers", "init_from",  # init_from only matters to a run's first step
+)
+RESUME_EXTEND = ("num_epochs", "num_train_steps")
+
+
+def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved value, new value)} for every field that differs (an absent field reads None)."""
+    old = _flatten(saved)
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def resume_policy(changes: dict[str, tuple[Any, Any]], *, finished: bool,
+                  accepted: Sequence[str] = ()) -> tuple[dict, dict]:
+    """Splits ``changes`` into (allowed, refused). ``accepted``: fields the user accepts changing
+    (``--accept_config_changes``), or ``("all",)``."""
+    allowed, refused = {}, {}
+    for field, change in changes.items():
+        ok = (field in RESUME_FREE or (finished and field in RESUME_EXTEND)
+              or "all" in accepted or field in accepted)
+        (allowed if ok else refused)[field] = change
+    return allowed, refused
+
+
+def format_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())

@@ -1,7 +1,8 @@
 """Run logs: JSONL metrics (what reports and plots read), TensorBoard events, the config.
 
 ``metrics.jsonl`` holds one JSON object per line with a ``type`` (``train``, ``eval``, ``final``,
-``event``) and a ``step``. Lines are flushed as they are written. On resume the file is first
+``event``) and a ``step``. Lines are written unbuffered as they come; a line that cannot be
+written whole (a full disk) is cut off again before the error is raised. On resume the file is first
 cut back to the complete lines at or before the restored step, so a crash never leaves a torn
 last line behind and a resumed run does not log a step twice; a run that starts from scratch
 (``resume_step=None``: no checkpoint to resume) starts an empty file. Only process 0 writes.
@@ -56,7 +57,7 @@ class MetricsLog:
         if not enabled:
             return
         self._truncate_after(resume_step)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("ab", buffering=0)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -83,8 +84,15 @@ class MetricsLog:
             return
         rec = {"type": kind, "step": int(step), "time": round(time.time(), 3)}
         rec.update({k: _clean(v) for k, v in values.items()})
-        self._file.write(json.dumps(rec) + "\n")
-        self._file.flush()
+        line = (json.dumps(rec) + "\n").encode()
+        end = self._file.seek(0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(line):
+                written += self._file.write(line[written:])
+        except OSError:
+            self._file.truncate(end)  # a full disk leaves no torn line behind
+            raise
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
@@ -117,6 +125,14 @@ def quiet_libraries(verbose: bool = False, progress: bool = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in ("absl", "jax", "orbax"):
         logging.getLogger(name).setLevel(level)
+    if not verbose:
+        from dnjax.workdir import StorageErrorEcho
+
+        echo = StorageErrorEcho()
+        for name in ("absl", "asyncio"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, StorageErrorEcho) for f in logger.filters):
+                logger.addFilter(echo)
     logging.getLogger("dnjax").setLevel(logging.INFO if verbose or progress else logging.WARNING)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

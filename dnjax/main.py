@@ -8,8 +8,10 @@ each other through ``jax.distributed``. A rerun with the same workdir resumes fr
 checkpoint.
 
 Exit status: 0 finished (or halted by ``halt_after_steps``), 143 preempted by SIGTERM after saving,
-2 a bad config or data set or a non-finite loss, 3 no usable checkpoint, 4 a multi-process run lost
-a process. When one process of a multi-process run dies, the others stop with status 4 as soon as
+2 a bad config or data set or a non-finite loss, 3 a workdir that cannot be used (another run holds
+it, it is not writable or became full, its checkpoints are unusable or of another model, or it
+holds a run with a config this one would change; see ``--accept_config_changes``), 4 a
+multi-process run lost a process. When one process of a multi-process run dies, the others stop with status 4 as soon as
 a collective fails, or are stopped by ``jax.distributed`` once the dead one has missed heartbeats
 for ``--heartbeat_timeout_seconds``; none waits forever.
 """
@@ -37,6 +39,12 @@ _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", 100,
     "Multi-process runs: a process that sends no heartbeat for this long is declared dead, and "
     "jax.distributed stops the others.",
+)
+_ACCEPT = flags.DEFINE_list(
+    "accept_config_changes", [],
+    "Resuming a run whose config.json differs from this config in fields that change training "
+    "(model, data, batch, optimizer, schedule, seed, dtype) is refused; list the fields (or 'all') "
+    "to continue the run with the new values on purpose.",
 )
 flags.register_validator("heartbeat_timeout_seconds", lambda v: v >= 1, "must be at least 1 second")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -80,14 +88,20 @@ def main(argv):
 
     from dnjax import config_lib, train
     from dnjax.data import DataError
+    from dnjax.workdir import WorkdirError
 
     try:
-        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ACCEPT.value)
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except train.checkpointing.CheckpointError as e:
+    except (train.checkpointing.CheckpointError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, WorkdirError) and e.__cause__ is not None:
+            # A failed write: orbax's save threads are still failing; they end with the process.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(3)
         return 3
     except Exception as e:
         import jax

@@ -17,15 +17,17 @@ from a checkpoint at step s trains on exactly the batches an uninterrupted run w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import flax
 import flax.linen as nn
@@ -37,6 +39,7 @@ import optax
 from dnjax import checkpointing, config_lib, logs, profiling, sharding
 from dnjax.data import sources
 from dnjax.data.choices import STREAMED_DATASETS
+from dnjax.workdir import WorkdirError, WorkdirLock, check_writable, write_error
 
 log = logging.getLogger("dnjax")
 
@@ -251,6 +254,14 @@ class Setup:
         # Data first: a missing data set must fail before anything is compiled.
         self.source = sources.make_source(config, self.mesh)
         self.info = self.source.info
+        devices = self.mesh.devices.size
+        cap = -(-self.info.num_test // devices) * devices
+        if config.eval_batch_size > cap:
+            # Larger evaluation batches would only hold padding: bound the memory to what the
+            # test split needs.
+            log.warning("eval_batch_size=%d is larger than the test split (%d images); using %d",
+                        config.eval_batch_size, self.info.num_test, cap)
+            config.eval_batch_size = cap
         try:
             sharding.check_divisible("batch_size", config.batch_size, self.mesh)
             sharding.check_divisible("eval_batch_size", config.eval_batch_size, self.mesh)
@@ -314,9 +325,13 @@ class Setup:
 class Trainer(Setup):
     """A :class:`Setup` and its workdir; ``run()`` trains and evaluates, resuming by itself."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                 accept_config_changes: Sequence[str] = ()):
         super().__init__(config)
         self.workdir = Path(workdir)
+        # Fields whose change a resumed run accepts on purpose (or "all"): --accept_config_changes.
+        self.accepted = tuple(accept_config_changes)
+        self.config_changes: dict[str, tuple[Any, Any]] = {}
 
     def restore_or_init(self, ckpts: checkpointing.Checkpoints, initial=None) -> tuple[TrainState, bool]:
         """The newest checkpoint of the workdir, else a fresh state, started from ``initial``
@@ -370,7 +385,74 @@ class Trainer(Setup):
     # ---- the loop
 
     def run(self) -> RunResult:
+        """Trains into the workdir, resuming from its newest checkpoint. Process 0 holds the
+        workdir's lock throughout; a storage error (a full disk) stops the run with
+        :class:`~dnjax.workdir.WorkdirError`, the checkpoints already committed intact."""
+        if self.is_main:
+            check_writable(self.workdir)
+        with WorkdirLock(self.workdir) if self.is_main else contextlib.nullcontext():
+            try:
+                return self._run()
+            except Exception as e:
+                cause = write_error(e)
+                if cause is None:
+                    raise
+                steps = checkpointing.committed_steps(self.workdir)
+                kept = (f"The checkpoints up to step {steps[-1]} are intact" if steps
+                        else "No checkpoint had been committed")
+                raise WorkdirError(
+                    f"Cannot write to --workdir={self.workdir}: {cause.strerror or cause}"
+                    f"{f' ({cause.filename})' if cause.filename else ''}. {kept}; free space (or fix "
+                    "the storage) and rerun the same command to resume."
+                ) from e
+
+    def check_resume_config(self) -> bool:
+        """Compares the config with the one the workdir's run saved; returns whether that run had
+        finished. Changes that would alter the trajectory are refused (see config_lib)."""
+        saved_path = self.workdir / "config.json"
+        finals = [r for r in logs.records(self.workdir, "final")]
+        steps = checkpointing.committed_steps(self.workdir)
+        finished = bool(finals and steps and finals[-1]["step"] == steps[-1])
+        if not saved_path.exists():
+            log.warning("%s is missing: the resumed run's config cannot be compared with its own", saved_path)
+            return finished
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (OSError, ValueError) as e:
+            raise checkpointing.CheckpointError(f"{saved_path} is unreadable ({e}); restore it, or use a "
+                                                "fresh --workdir. Nothing was changed.") from None
+        changes = config_lib.config_changes(saved, self.config)
+        allowed, refused = config_lib.resume_policy(changes, finished=finished, accepted=self.accepted)
+        if refused:
+            raise checkpointing.CheckpointError(
+                f"--workdir={self.workdir} holds a run with a different config, and continuing it with "
+                f"this one would change what it trains:\n{config_lib.format_changes(refused)}\n"
+                "Use a fresh --workdir for this config, rerun with the saved one "
+                f"({saved_path}), or accept the change on purpose with "
+                f"--accept_config_changes={','.join(refused)}. Nothing in the workdir was changed."
+            )
+        if allowed:
+            log.warning("Continuing %s with changed settings:\n%s", self.workdir, config_lib.format_changes(allowed))
+        self.config_changes = allowed
+        return finished
+
+    def _finished(self) -> RunResult | None:
+        """The result of a run that already ended at this config's last step, from its log."""
+        final = [r for r in logs.records(self.workdir, "final") if r["step"] == self.sched.total_steps]
+        if not final or self.sched.total_steps not in checkpointing.committed_steps(self.workdir):
+            return None
+        skip = ("type", "step", "time", "epoch")
+        return RunResult("finished", final[-1]["step"], {k: v for k, v in final[-1].items() if k not in skip})
+
+    def _run(self) -> RunResult:
         cfg, sched = self.config, self.sched
+        self.config_changes = {}
+        if checkpointing.has_checkpoints(self.workdir):
+            self.check_resume_config()
+            done = self._finished()
+            if done is not None:  # leave the finished run exactly as it is
+                log.info("%s already finished at step %d; nothing to do", self.workdir, done.step)
+                return done
         # Read before anything is written: weights that do not fit stop the run untouched.
         initial = None
         if cfg.init_from and not checkpointing.has_checkpoints(self.workdir):
@@ -379,18 +461,22 @@ class Trainer(Setup):
         try:
             state, resumed = self.restore_or_init(ckpts, initial)
         except BaseException:
-            ckpts.close()
+            _close_quietly(ckpts)
             raise
-        # Written only once the workdir is known to hold this model (or nothing yet).
-        if self.is_main:
-            (self.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-        start = int(jax.device_get(state.step))
-        metrics_log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None,
-                                      enabled=self.is_main)
+        metrics_log = None
         try:
+            # Written only once the workdir is known to hold this model (or nothing yet).
+            if self.is_main:
+                _write_atomically(self.workdir / "config.json", cfg.to_json_best_effort(indent=2))
+            start = int(jax.device_get(state.step))
+            metrics_log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None,
+                                          enabled=self.is_main)
             if resumed:
                 log.info("Resumed from %s at step %d", self.workdir / "checkpoints", start)
                 metrics_log.write("event", start, event="resumed")
+                if self.config_changes:
+                    metrics_log.write("event", start, event="config_changed",
+                                      changes={k: list(v) for k, v in self.config_changes.items()})
             else:
                 metrics_log.write(
                     "event", 0, event="started", model=cfg.model.name,
@@ -399,10 +485,17 @@ class Trainer(Setup):
                     devices=jax.device_count(), processes=jax.process_count(),
                     **(self.init_report or {}),
                 )
-            return self._loop(state, start, ckpts, metrics_log)
-        finally:
-            metrics_log.close()
-            ckpts.close()
+            result = self._loop(state, start, ckpts, metrics_log)
+        except BaseException as e:
+            _close_quietly(metrics_log)  # the first error is the one to report
+            if write_error(e) is None:
+                _close_quietly(ckpts)
+            else:
+                ckpts.abandon()
+            raise
+        metrics_log.close()
+        ckpts.close()
+        return result
 
     def _loop(self, state, start, ckpts, metrics_log) -> RunResult:
         cfg, sched = self.config, self.sched
@@ -488,5 +581,26 @@ class Trainer(Setup):
         return RunResult("finished", step, final)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunResult:
-    return Trainer(config, workdir).run()
+def _close_quietly(*closables) -> None:
+    """Closes what a failing run opened, logging (not raising) what fails in turn."""
+    for c in closables:
+        if c is None:
+            continue
+        try:
+            c.close()
+        except Exception as e:  # noqa: BLE001 - the error being raised already says what went wrong
+            log.debug("While stopping, closing %s failed too: %s", type(c).__name__, str(e).splitlines()[0] if str(e) else e)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       accept_config_changes: Sequence[str] = ()) -> RunResult:
+    return Trainer(config, workdir, accept_config_changes).run()

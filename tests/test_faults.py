@@ -8,6 +8,8 @@ minutes on two cores.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -432,6 +434,13 @@ def test_unreadable_best_checkpoint_is_set_aside_not_fatal(tmp_path):
     ckpts = checkpointing.Checkpoints(tmp_path, training=True)  # training goes on
     ckpts.save_best(9, state, {"step": 9}, test_error=45.0)
     ckpts.close()
+    # the test error was written back from the checkpoint's meta: 40% is still the best
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
+    (tmp_path / "best" / "6" / "metrics" / "metrics").write_text("{garbage")
+    (tmp_path / "best" / "6" / "meta" / "metadata").write_text("{garbage")
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts.save_best(9, state, {"step": 9}, test_error=45.0)
+    ckpts.close()
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6.damaged", "9"]
 
 
@@ -819,3 +828,248 @@ def test_survivor_of_a_dead_process_exits_in_bounded_time(tmp_path, cache, how):
     else:  # jax.distributed stops it once process 1 has missed heartbeats for 10 s
         assert "another task died" in text or "heartbeat" in text, text[-3000:]
         assert took < 60
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir: one writer, full and read-only disks, changed configs, finished runs
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str):
+    """A size-limited file system of its own at ``path`` (root only)."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mounting a size-limited tmpfs needs root: {r.stderr.strip() or r.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _wait_for(predicate, timeout=180, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _holder(lock: Path) -> dict | None:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _start(workdir, *overrides, cache):
+    return subprocess.Popen(runs.main_cmd(workdir, *overrides, cache=cache), cwd=runs.REPO, env=runs.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_is_unharmed(tmp_path, cache, uninterrupted):
+    workdir = tmp_path / "w"
+    first = _start(workdir, *LONG, cache=cache)
+    lock = workdir / "lock"
+    try:
+        _wait_for(lambda: (_holder(lock) or {}).get("pid") == first.pid, what="the first run's lock")
+        first.send_signal(signal.SIGSTOP)  # holds its lock while the second starts, however slow
+        second = runs.run_main(workdir, *LONG, cache=cache)
+        first.send_signal(signal.SIGCONT)
+        assert second.returncode == 3, second.stderr[-3000:]
+        line = second.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: --workdir={workdir} is in use by another run: pid {first.pid} on ")
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err[-3000:]
+    assert not lock.exists()  # a run that ends removes it
+    assert_same_run(uninterrupted, workdir)  # bitwise the lone run
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, cache):
+    workdir = tmp_path / "w"
+    dead = _start(workdir, "--config.num_train_steps=2", cache=cache)
+    lock = workdir / "lock"
+    _wait_for(lambda: (_holder(lock) or {}).get("pid") == dead.pid, what="the lock")
+    dead.kill()
+    dead.communicate()
+    assert _holder(lock)["pid"] == dead.pid  # SIGKILL leaves the file, but not the lock
+    r = runs.run_main(workdir, "--config.num_train_steps=2", cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"Took over the lock {lock} left by pid {dead.pid} on " in r.stderr
+    assert not lock.exists()
+
+
+def _fill(path: Path) -> int:
+    """Writes zeros into ``path`` until the file system is full; returns the bytes written."""
+    n = 0
+    with path.open("wb", buffering=0) as f:
+        try:
+            while True:
+                n += f.write(bytes(1 << 14))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return n
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_resumes_bitwise(tmp_path, cache, uninterrupted):
+    with _tmpfs(tmp_path / "disk", "3m") as disk:
+        workdir = disk / "w"
+        run = _start(workdir, *LONG, cache=cache)
+        try:
+            _wait_for(lambda: any(r["step"] >= 20 for r in logs.records(workdir, "train")), what="step 20")
+            filled = _fill(disk / "filler")
+            out, err = run.communicate(timeout=300)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert filled > 0
+        assert run.returncode == 3, err[-3000:]
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(f"error: Cannot write to --workdir={workdir}: No space left on device"), line
+        committed = checkpointing.committed_steps(workdir)
+        assert committed and committed[-1] < STEPS  # the save in flight at the fill may be lost
+        assert f"The checkpoints up to step {committed[-1]} are intact" in line
+        recs, torn = logs.read_jsonl(workdir / logs.METRICS_FILE)
+        assert not torn and recs[-1]["type"] == "train"
+        assert err.count("Traceback") == 0  # the first failure in one line, no tracebacks
+
+        (disk / "filler").unlink()  # space freed: the same command resumes
+        r = runs.run_main(workdir, *LONG, cache=cache)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "Skipping checkpoint" not in r.stderr  # the newest committed one was intact
+        resumed = [x["step"] for x in logs.records(workdir, "event") if x["event"] == "resumed"]
+        assert resumed == [committed[-1]]
+        assert_same_run(uninterrupted, workdir)
+
+
+def test_a_read_only_workdir_is_refused_with_the_path(tmp_path, cache):
+    with _tmpfs(tmp_path / "disk", "1m") as disk:
+        (disk / "w").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        for workdir in (disk / "w", disk / "new" / "w"):  # an existing one, and one it cannot create
+            r = runs.run_main(workdir, cache=cache)
+            assert r.returncode == 3, r.stderr[-3000:]
+            line = r.stderr.strip().splitlines()[-1]
+            assert line == (f"error: --workdir={workdir} is not writable (Read-only file system); "
+                            "choose a writable directory. Nothing was written.")
+
+
+# A run halted at step 2 of 4 (unfinished) is the base of each config change.
+BASE = ("--config.num_train_steps=4", "--config.optim.schedule=constant", "--config.log_every_steps=1")
+HALTED = (*BASE, "--config.halt_after_steps=2")
+
+
+@pytest.fixture(scope="module")
+def halted(tmp_path_factory, cache):
+    workdir = tmp_path_factory.mktemp("halted") / "w"
+    r = runs.run_main(workdir, *HALTED, cache=cache)
+    assert r.returncode == 0 and "Halted" in r.stderr, r.stderr[-3000:]
+    return workdir
+
+
+REFUSED = {  # field: (value in the halted run, new value)
+    "batch_size": (16, 8),
+    "optim.learning_rate": (0.1, 0.05),
+    "optim.schedule": ("constant", "cosine"),
+    "seed": (0, 1),
+    "dtype": ("float32", "bfloat16"),
+    "data.pad": (1, 2),
+    "model.dropout_rate": (None, 0.1),
+    "num_train_steps": (4, 6),  # lengthening an unfinished run moves its schedule
+}
+
+
+def test_resuming_with_changed_training_fields_is_refused_with_a_diff(tmp_path, halted):
+    from tiny_config import get_config
+
+    for field, (old, new) in REFUSED.items():
+        workdir = tmp_path / field
+        shutil.copytree(halted, workdir)
+        before = _snapshot(workdir)
+        config = get_config()
+        config.num_train_steps, config.halt_after_steps, config.log_every_steps = 4, 2, 1
+        config.optim.schedule = "constant"
+        section, _, name = field.rpartition(".")
+        (config[section] if section else config)[name] = new
+        with pytest.raises(checkpointing.CheckpointError) as e:
+            train.Trainer(config, workdir).run()
+        msg = str(e.value)
+        assert f"  {field}: {old!r} -> {new!r}" in msg, msg
+        assert f"--accept_config_changes={field}" in msg and "Nothing in the workdir was changed" in msg
+        assert _snapshot(workdir) == before, field
+
+
+def test_changed_config_on_the_command_line_refused_then_accepted(tmp_path, cache, halted):
+    workdir = tmp_path / "w"
+    shutil.copytree(halted, workdir)
+    changed = (*BASE, "--config.optim.learning_rate=0.05", "--config.eval_every_epochs=0.5")
+    r = runs.run_main(workdir, *changed, cache=cache)
+    assert r.returncode == 3
+    assert "  optim.learning_rate: 0.1 -> 0.05" in r.stderr and "eval_every_epochs" not in r.stderr
+    r = runs.run_main(workdir, *changed, "--accept_config_changes=optim.learning_rate", cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Continuing" in r.stderr and "optim.learning_rate: 0.1 -> 0.05" in r.stderr
+    event = [x for x in logs.records(workdir, "event") if x["event"] == "config_changed"]
+    assert len(event) == 1 and event[0]["step"] == 2
+    assert event[0]["changes"] == {"eval_every_epochs": [1000.0, 0.5], "halt_after_steps": [2, -1],
+                                   "optim.learning_rate": [0.1, 0.05]}
+    assert [x["learning_rate"] for x in logs.records(workdir, "train")] == pytest.approx([0.1, 0.1, 0.05, 0.05])
+    assert json.loads((workdir / "config.json").read_text())["optim"]["learning_rate"] == 0.05
+
+
+def test_a_finished_run_started_again_is_left_as_it_was_and_can_be_extended(tmp_path, cache, halted):
+    workdir = tmp_path / "w"
+    shutil.copytree(halted, workdir)
+    done = runs.run_main(workdir, *BASE, cache=cache)  # finishes steps 3-4
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+    stamps = _snapshot(workdir)
+    again = runs.run_main(workdir, *BASE[:2], "--config.log_every_steps=2", cache=cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout == done.stdout  # "Finished 4 steps: test error ..." from its log
+    assert {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()} == before
+    assert _snapshot(workdir) == stamps
+    final = list(logs.records(workdir, "final"))
+    assert len(final) == 1 and "train_loss" in final[0]
+
+    longer = runs.run_main(workdir, "--config.num_train_steps=6", *BASE[1:], cache=cache)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "num_train_steps: 4 -> 6" in longer.stderr
+    assert [x["step"] for x in logs.records(workdir, "train")] == list(range(1, 7))
+    assert [x["step"] for x in logs.records(workdir, "final")] == [6]
+
+
+def test_eval_batch_size_is_bounded_by_the_test_split(fast_compile):
+    from tiny_config import get_config
+
+    config = get_config()
+    config.eval_batch_size = 10**9
+    config.compilation_cache_dir = ""
+    setup = train.Setup(config)
+    assert config.eval_batch_size == setup.info.num_test == 360
+    metrics = setup.evaluate(setup.init_state())
+    assert metrics["test_count"] == 360
+
+
+def test_a_best_checkpoint_without_its_metrics_is_recovered_or_set_aside(tmp_path):
+    state = {"w": jnp.ones((2, 2))}
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts.save_best(6, state, {"step": 6}, test_error=40.0)
+    ckpts.close()
+    (tmp_path / "best" / "6" / "metrics" / "metrics").unlink()
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts.save_best(9, state, {"step": 9}, test_error=45.0)  # worse: the recovered 40% stays best
+    ckpts.close()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
+    assert json.loads((tmp_path / "best" / "6" / "metrics" / "metrics").read_text()) == {"test_error": 40.0}
+    # neither the metrics nor the meta: set aside, and the next evaluation makes a new best
+    shutil.rmtree(tmp_path / "best" / "6" / "metrics")
+    (tmp_path / "best" / "6" / "meta" / "metadata").write_text("{garbage")
+    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts.save_best(12, state, {"step": 12}, test_error=45.0)
+    ckpts.close()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["12", "6.damaged"]

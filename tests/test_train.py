@@ -269,8 +269,14 @@ def test_workdir_of_a_different_model_is_refused_untouched(tmp_path, cache):
     before = _snapshot(workdir)
     r = runs.run_main(workdir, "--config.num_train_steps=4", "--config.model.growth_rate=6", cache=cache)
     assert r.returncode == 3
-    assert "different model" in r.stderr and "growth_rate" not in r.stdout
+    assert "model.growth_rate: None -> 6" in r.stderr and "growth_rate" not in r.stdout
     assert "--workdir" in r.stderr
+    assert _snapshot(workdir) == before
+    # accepting the change does not make the other model's weights fit
+    r = runs.run_main(workdir, "--config.num_train_steps=4", "--config.model.growth_rate=6",
+                      "--accept_config_changes=model.growth_rate", cache=cache)
+    assert r.returncode == 3
+    assert "different model" in r.stderr and "growth_rate" in r.stderr
     assert _snapshot(workdir) == before
 
 
