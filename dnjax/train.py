@@ -388,23 +388,36 @@ class Trainer(Setup):
         """Trains into the workdir, resuming from its newest checkpoint. Process 0 holds the
         workdir's lock throughout; a storage error (a full disk) stops the run with
         :class:`~dnjax.workdir.WorkdirError`, the checkpoints already committed intact."""
+        created = []  # directories this run makes, deepest first: removed again if it writes nothing
         if self.is_main:
+            here = self.workdir.absolute()
+            created = [d for d in (here, *here.parents) if not d.exists()]
             check_writable(self.workdir)
-        with WorkdirLock(self.workdir) if self.is_main else contextlib.nullcontext():
-            try:
-                return self._run()
-            except Exception as e:
-                cause = write_error(e)
-                if cause is None:
-                    raise
-                steps = checkpointing.committed_steps(self.workdir)
-                kept = (f"The checkpoints up to step {steps[-1]} are intact" if steps
-                        else "No checkpoint had been committed")
-                raise WorkdirError(
-                    f"Cannot write to --workdir={self.workdir}: {cause.strerror or cause}"
-                    f"{f' ({cause.filename})' if cause.filename else ''}. {kept}; free space (or fix "
-                    "the storage) and rerun the same command to resume."
-                ) from e
+        done = False
+        try:
+            with WorkdirLock(self.workdir) if self.is_main else contextlib.nullcontext():
+                try:
+                    result = self._run()
+                    done = True
+                    return result
+                except Exception as e:
+                    cause = write_error(e)
+                    if cause is None:
+                        raise
+                    steps = checkpointing.committed_steps(self.workdir)
+                    kept = (f"The checkpoints up to step {steps[-1]} are intact" if steps
+                            else "No checkpoint had been committed")
+                    raise WorkdirError(
+                        f"Cannot write to --workdir={self.workdir}: {cause.strerror or cause}"
+                        f"{f' ({cause.filename})' if cause.filename else ''}. {kept}; free space (or "
+                        "fix the storage) and rerun the same command to resume."
+                    ) from e
+        finally:
+            for d in created if not done else ():
+                try:
+                    d.rmdir()  # only if empty: a run stopped before writing leaves nothing behind
+                except OSError:
+                    break
 
     def check_resume_config(self) -> bool:
         """Compares the config with the one the workdir's run saved; returns whether that run had
