@@ -450,10 +450,24 @@ class Trainer(Setup):
         return finished
 
     def _finished(self) -> RunResult | None:
-        """The result of a run that already ended at this config's last step, from its log."""
+        """The result of a run that already ended at this config's last step, from its log, if
+        its last checkpoint is intact (read without changing anything). A damaged one is left to
+        the resume, which falls back to the newest intact checkpoint and trains to the end again."""
         final = [r for r in logs.records(self.workdir, "final") if r["step"] == self.sched.total_steps]
         if not final or self.sched.total_steps not in checkpointing.committed_steps(self.workdir):
             return None
+        level = log.level
+        log.setLevel(logging.ERROR)  # the resume reports a damaged checkpoint, once
+        try:
+            reader = checkpointing.Checkpoints(self.workdir)
+            try:
+                self.restore(reader, step=self.sched.total_steps)
+            finally:
+                reader.close()
+        except checkpointing.CheckpointError:
+            return None
+        finally:
+            log.setLevel(level)
         skip = ("type", "step", "time", "epoch")
         return RunResult("finished", final[-1]["step"], {k: v for k, v in final[-1].items() if k not in skip})
 
