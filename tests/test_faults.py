@@ -727,6 +727,11 @@ def _cli(field, value) -> str | None:
     return f"--config.{field}={value}"
 
 
+# Each example builds a trainer and traces its steps (about a second on two cores); the examples
+# are derandomised, so every run of the suite tries the same ones.
+FUZZ_EXAMPLES = 60
+
+
 def test_fuzzed_configs_start_or_fail_fast_naming_a_field(tmp_path, cache, fast_compile):
     """Random overrides of many fields, in-process: each config either builds a trainer whose
     state creation and train step trace (everything a run compiles), or is refused with a
@@ -734,7 +739,7 @@ def test_fuzzed_configs_start_or_fail_fast_naming_a_field(tmp_path, cache, fast_
     ones run for two steps through the command line."""
     outcomes = {"started": [], "refused": []}
 
-    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(overrides_strategy)
     def check(overrides):
@@ -758,8 +763,8 @@ def test_fuzzed_configs_start_or_fail_fast_naming_a_field(tmp_path, cache, fast_
     started, refused = outcomes["started"], outcomes["refused"]
     print(f"\nfuzzed configs: {len(started) + len(refused)} examples, {len(started)} start, "
           f"{len(refused)} refused")
-    assert len(started) + len(refused) >= 200
-    assert len(started) >= 20 and len(refused) >= 50
+    assert len(started) + len(refused) >= FUZZ_EXAMPLES
+    assert len(started) >= FUZZ_EXAMPLES // 10 and len(refused) >= FUZZ_EXAMPLES // 4
     assert not (tmp_path / "w").exists()
 
     # Through the command line: the valid configs with the most overrides, for two steps.
