@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from dnjax import defaults, models, profiling
-from dnjax.data.choices import DATASETS, NORMALIZATIONS
+from dnjax.data.choices import DATASETS, NORMALIZATIONS, STREAMED_DATASETS
 from dnjax.models.common import DTYPES
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -92,6 +92,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if init_from is not None and not Path(init_from).is_dir():
         _fail("init_from", init_from, "it must be the workdir of a run or of a converted checkpoint "
               "(python -m dnjax.convert)")
+    if d.get("train_fraction") is not None:
+        _number("data.train_fraction", d.train_fraction, low=0, high=1, low_open=True)
+        if d.dataset in STREAMED_DATASETS:
+            _fail("data.train_fraction", d.train_fraction,
+                  f"subsets are drawn from data sets held in memory, not from the streamed {d.dataset!r}")
+    _integer("data.subset_seed", d.get("subset_seed", 0), low=0)
     _integer("seed", config.seed, low=0)
     _integer("batch_size", config.batch_size, low=1)
     _integer("eval_batch_size", config.eval_batch_size, low=1)

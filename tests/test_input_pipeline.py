@@ -688,3 +688,68 @@ def test_cifar100_in_two_parts_is_the_whole_official_split():
     _, coarse, info = ip.load_in_memory(data_config(dataset="npz", npz_train=str(CIFAR100 / "test*.npz"),
                                                     npz_test=str(CIFAR100 / "test.npz"), npz_label="coarse_label"))
     assert info.num_classes == 20 and np.bincount(coarse.labels).tolist() == [500] * 20
+
+
+# Class-balanced, nested training subsets (data.train_fraction) ------------------------------------
+
+
+def imbalanced_train() -> dict:
+    """60 images of 3 classes with 30, 20 and 10 images, the classes interleaved; the image's first
+    pixel holds its index, so a subset can be traced back."""
+    labels = np.array([0, 1, 2, 0, 1, 0] * 10)
+    images = np.zeros((60, 4, 4, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(60)
+    return {"image": images, "label": labels}
+
+
+def test_train_fraction_is_class_balanced_nested_and_reproducible(tmp_path):
+    cfg = lambda **kw: npz_config(tmp_path, imbalanced_train(), **kw)
+    subsets = {}
+    for f in (0.1, 0.5, 1.0):
+        train, _, info = ip.load_in_memory(cfg(train_fraction=f, subset_seed=3))
+        # round(f * n_c) images of every class (at least one): 30/20/10 -> 3/2/1 at 10%
+        assert np.bincount(train.labels, minlength=3).tolist() == [max(1, round(f * n)) for n in (30, 20, 10)]
+        assert info.num_train == len(train)
+        ids = train.images[:, 0, 0, 0].astype(int)
+        assert (np.array(imbalanced_train()["label"])[ids] == train.labels).all()  # labels stay with images
+        assert list(ids) == sorted(ids)  # in the data's own order
+        subsets[f] = set(ids.tolist())
+    assert subsets[0.1] < subsets[0.5] < subsets[1.0] == set(range(60))  # nested
+    again, _, _ = ip.load_in_memory(cfg(train_fraction=0.5, subset_seed=3))
+    assert set(again.images[:, 0, 0, 0].tolist()) == subsets[0.5]  # reproducible
+    other, _, _ = ip.load_in_memory(cfg(train_fraction=0.5, subset_seed=4))
+    assert set(other.images[:, 0, 0, 0].tolist()) != subsets[0.5]  # the seed draws the subset
+    whole, _, _ = ip.load_in_memory(cfg())
+    assert len(whole) == 60  # no fraction: everything
+
+
+def test_train_fraction_applies_to_every_in_memory_data_set():
+    train, _, info = ip.load_in_memory(data_config(train_fraction=0.25, subset_seed=0))
+    full, _, _ = ip.load_in_memory(data_config())
+    counts, full_counts = np.bincount(train.labels), np.bincount(full.labels)
+    assert counts.tolist() == [round(0.25 * n) for n in full_counts] and info.num_train == counts.sum()
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, 1.5, -0.1, "half", True])
+def test_bad_train_fraction_is_refused_naming_the_field(bad, tmp_path):
+    with pytest.raises(ip.DataError, match=r"data\.train_fraction"):
+        ip.load_in_memory(data_config(train_fraction=bad))
+
+
+def test_config_refuses_a_bad_train_fraction_and_one_for_streamed_data():
+    from dnjax import config_lib, defaults
+
+    c = defaults.get_config("densenet_tiny")
+    c.data.train_fraction = 1.5
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.train_fraction=1\.5 is invalid: it must be in \(0, 1\]"):
+        config_lib.validate(c)
+    c.data.train_fraction = 0.5
+    config_lib.validate(c)
+    c.data.dataset = "imagenet2012"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.train_fraction=0\.5 is invalid: subsets"):
+        config_lib.validate(c)
+
+
+def test_bad_subset_seed_is_refused(tmp_path):
+    with pytest.raises(ip.DataError, match=r"data\.subset_seed=-1"):
+        ip.load_in_memory(data_config(train_fraction=0.5, subset_seed=-1))

@@ -65,6 +65,47 @@ def _apply_limit(split: Split, limit: int | None) -> Split:
     return Split(images=split.images[:limit], labels=split.labels[:limit])
 
 
+def _fraction(data_config) -> float | None:
+    fraction = _field(data_config, "train_fraction")
+    if fraction is None:
+        return None
+    if (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating))
+            or not 0.0 < float(fraction) <= 1.0):
+        raise DataError(
+            f"data.train_fraction={fraction!r} must be a number in (0, 1] (e.g. 0.1 for a tenth of "
+            "every class) or None for the whole training split."
+        )
+    return float(fraction)
+
+
+def subset_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The indices (ascending) of a class-balanced subset: ``round(fraction * n_c)`` images (at
+    least one) of each class c with n_c images, drawn by a per-class permutation that depends only
+    on ``seed`` and the labels. For one seed the subsets are nested: every class's images come
+    from the front of the same permutation, so the 10% subset lies inside the 25% subset."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):  # ascending, so each class draws the same stream for any fraction
+        members = np.flatnonzero(labels == c)
+        order = rng.permutation(len(members))
+        keep.append(members[order[: max(1, int(round(fraction * len(members))))]])
+    return np.sort(np.concatenate(keep))
+
+
+def _apply_fraction(split: Split, data_config) -> Split:
+    """The training split cut to ``data.train_fraction`` of every class, drawn with
+    ``data.subset_seed`` (:func:`subset_indices`); the whole split when the fraction is None."""
+    fraction = _fraction(data_config)
+    if fraction is None:
+        return split
+    seed = _field(data_config, "subset_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"data.subset_seed={seed!r} must be an integer >= 0.")
+    idx = subset_indices(split.labels, fraction, int(seed))
+    return Split(images=split.images[idx], labels=split.labels[idx])
+
+
 def _validate_split(split: Split, source: str) -> None:
     images, labels = split.images, split.labels
     if images.dtype != np.uint8:

@@ -16,9 +16,11 @@ from dnjax.data.base import (
     DataError,
     DatasetInfo,
     Split,
+    _apply_fraction,
     _apply_limit,
     _check_label_range,
     _field,
+    _fraction,
     _limit,
     _validate_split,
 )
@@ -59,6 +61,7 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
         )
     train_limit = _limit(data_config, "train_limit")
     test_limit = _limit(data_config, "test_limit")
+    _fraction(data_config)  # a bad subset field fails before any file is read
 
     if name == "digits":
         train, test = _load_digits()
@@ -98,6 +101,7 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     test = _apply_limit(test, test_limit)
     _validate_split(train, sources[0])
     _validate_split(test, sources[1])
+    train = _apply_fraction(train, data_config)
     if train.images.shape[1:] != test.images.shape[1:]:
         raise DataError(
             f"The training images ({sources[0]}) are {train.images.shape[1:]} (H, W, C) but the "
