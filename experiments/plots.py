@@ -7,6 +7,8 @@
                    hollow markers at the run's measured size.
   activation.png   pre- against post-activation layers per network and data set, mean ± standard
                    deviation over seeds, with the published figures.
+  data_efficiency.png  final test error against the share of the training set a run trained on,
+                   a line per family, mean ± standard deviation over seeds (error bars).
 
 Only finished runs contribute a final error; a figure with nothing to show is not written.
 """
@@ -200,7 +202,42 @@ def activation(results: Sequence["RunResult"], path: Path, title: str = "") -> P
     return path
 
 
-PLOTS = {"curves": curves, "efficiency": efficiency, "activation": activation}
+def data_efficiency(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
+    """Final test error against training-set share, a line per (family, data set)."""
+    cells: dict[tuple[str, str], dict[float, list[float]]] = {}
+    labels: dict[tuple[str, str], str] = {}
+    for r in results:
+        if r.run.train_fraction is None or not r.finished or r.final_error is None:
+            continue
+        key = (r.run.family, r.run.dataset)
+        cells.setdefault(key, {}).setdefault(r.run.train_fraction, []).append(r.final_error)
+        labels[key] = r.run.label.rsplit(", ", 1)[0]  # the network, without the share
+    if not cells:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for i, (key, by_fraction) in enumerate(sorted(cells.items())):
+        xs = sorted(by_fraction)
+        means = [statistics.fmean(by_fraction[x]) for x in xs]
+        stds = [statistics.stdev(by_fraction[x]) if len(by_fraction[x]) > 1 else 0.0 for x in xs]
+        ax.errorbar([100 * x for x in xs], means, yerr=stds, marker="o", capsize=4, color=COLORS[i % len(COLORS)],
+                    label=f"{labels[key]}, {key[1]}")
+        for x, m in zip(xs, means):
+            ax.annotate(f"{m:.1f}", (100 * x, m), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xticks([100 * x for x in sorted({x for c in cells.values() for x in c})])
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set(xlabel="share of the training set (class-balanced, nested subsets)", ylabel="final test error (%)",
+           title=f"Test error against training-set size{title}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+PLOTS = {"curves": curves, "efficiency": efficiency, "activation": activation, "data_efficiency": data_efficiency}
 
 
 def study_plots(study: "Study", results: Sequence["RunResult"], out: Path, title_suffix: str = "") -> list[Path]:

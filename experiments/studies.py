@@ -80,6 +80,9 @@ class Run:
     # The published figure of the full-size network a shortened run stands in for, drawn as a
     # labelled reference line (not compared with the run: the budgets change network and schedule).
     reference: float | None = None
+    # The share of every class's training images the run trains on (data.train_fraction, drawn
+    # with data.subset_seed = the run's seed); None: the whole training split.
+    train_fraction: float | None = None
 
     def __post_init__(self):
         if not self.group:
@@ -109,10 +112,16 @@ def flag_value(v: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
+    """``stand_ins`` replaces, for this study, the table a reduced budget draws its stand-ins from
+    (budget name -> table). ``finish(run, budget name)`` completes a run after the budget has
+    shrunk it (the settings only this study has), or drops it by returning None."""
+
     name: str
     description: str
     runs: tuple[Run, ...]
     plots: tuple[str, ...] = ("curves", "efficiency")
+    stand_ins: dict[str, dict[str, tuple[str, dict[str, Any], str, str]]] = dataclasses.field(default_factory=dict)
+    finish: Callable[[Run, str], Run | None] | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,7 +242,30 @@ def _pre_vs_post_activation() -> Study:
     )
 
 
-STUDIES: dict[str, Study] = {s.name: s for s in (_table2(), _resnet_vs_densenet(), _pre_vs_post_activation())}
+def _data_efficiency() -> Study:
+    runs = []
+    for fraction in DATA_FRACTIONS:  # both families of a subset in turn: a cut-short study stays paired
+        for model in DATA_MODELS:
+            for seed in DATA_SEEDS["full"]:
+                pct = f"{fraction * 100:g}pct"
+                group = f"{model}_c100+_{pct}"
+                run = paper_run(model, "c100+", seed=seed, name=f"{group}_s{seed}", group=group, variant=pct)
+                # The whole set with the DenseNet recipe is the published run (for the DenseNet-BC).
+                runs.append(dataclasses.replace(run, paper=run.paper if fraction == 1.0 else None,
+                                                train_fraction=fraction))
+    return Study(
+        "data_efficiency",
+        "C100+: DenseNet-BC (L=100, k=12; 0.8M parameters) against ResNet-56 (0.86M) trained on nested, "
+        f"class-balanced subsets ({', '.join(f'{f:.0%}' for f in DATA_FRACTIONS)}) of the training set, "
+        "with the DenseNet recipe for both and the same number of steps for every subset (that of the "
+        "whole training set): test error against training-set size.",
+        tuple(runs),
+        plots=("data_efficiency",),
+        stand_ins={"cifar10-sample": DATA_STAND_INS, "cifar100-cpu": DATA_STAND_INS},
+        finish=_finish_data_efficiency,
+    )
+
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,20 +341,22 @@ def _stand_in(run: Run, table: dict[str, tuple[str, dict[str, Any], str, str]]) 
     activation = dict(run.overrides).get("model.activation")
     if activation is not None:
         fields["activation"] = activation
-    if run.variant:  # the activation study: one stem per network, the variant says which form
+    if run.variant:  # one stem per network, the variant says which form (pre/post) or subset
         stem = f"{stem.removeprefix('preact_')}_{run.variant}"
     if activation == "post":
         label += ", post-act."
     return zoo, fields, label, stem
 
 
-def _cifar10_sample(run: Run, data_dir: Path | str) -> Run | None:
-    """A small member of the run's family on the CIFAR-10 sample, with the run's recipe (C10+:
-    augmentation, no dropout). Runs with no stand-in, or whose stand-in another run already
-    covers (C100+ becomes C10+ here), are left out."""
-    if run.seed not in SAMPLE_SEEDS or run.model not in SAMPLE_STAND_INS:
+def _cifar10_sample(run: Run, data_dir: Path | str, table=None) -> Run | None:
+    """A small member of the run's family (from ``table``, default SAMPLE_STAND_INS) on the
+    CIFAR-10 sample, with the run's recipe (C10+: augmentation, no dropout). Runs with no
+    stand-in, or whose stand-in another run already covers (C100+ becomes C10+ here), are left
+    out."""
+    table = SAMPLE_STAND_INS if table is None else table
+    if run.seed not in SAMPLE_SEEDS or run.model not in table:
         return None
-    zoo, fields, label, stem = _stand_in(run, SAMPLE_STAND_INS)
+    zoo, fields, label, stem = _stand_in(run, table)
     name = f"{stem}_c10sample"
     group = name
     if run.group != run.name:  # a study with several seeds keeps them apart
@@ -347,6 +381,11 @@ C100_STAND_INS: dict[str, tuple[str, dict[str, Any], str, str]] = {
     "resnet164": ("resnet_cifar", dict(depth=8, activation="post"), "ResNet-8", "resnet8"),
 }
 C100_EPOCHS = 2.0
+# The DenseNet CIFAR recipe, set for every family where two families must take the same steps.
+DENSENET_RECIPE: tuple[tuple[str, Any], ...] = (
+    ("batch_size", 64), ("optim.learning_rate", 0.1), ("optim.nesterov", True),
+    ("optim.weight_decay", 1e-4), ("optim.schedule", "piecewise"), ("optim.warmup_epochs", 0.0),
+)
 C100_EVAL_EVERY = 0.5
 C100_SEEDS = (0,)
 
@@ -361,19 +400,19 @@ def cifar100_overrides(data_dir: Path | str) -> tuple[tuple[str, Any], ...]:
         ("data.npz_train", f"{d / 'train_part1.npz'},{d / 'train_part2.npz'}"),
         ("data.npz_test", str(d / "test.npz")), ("data.num_classes", 100),
         ("data.normalization", "mean_std"), ("data.augment", True),
-        ("batch_size", 64), ("optim.learning_rate", 0.1), ("optim.nesterov", True),
-        ("optim.weight_decay", 1e-4), ("optim.schedule", "piecewise"), ("optim.warmup_epochs", 0.0),
+        *DENSENET_RECIPE,
         ("num_epochs", C100_EPOCHS), ("eval_every_epochs", C100_EVAL_EVERY),
         ("checkpoint_every_epochs", C100_EVAL_EVERY), ("log_every_steps", 20), ("progress_bar", False),
     )
 
 
-def _cifar100_cpu(run: Run, data_dir: Path | str) -> Run | None:
-    """The run's family stand-in on the real CIFAR-100 (C100+ runs only), with the published figure
-    of the full-size network as its reference."""
-    if run.seed not in C100_SEEDS or run.model not in C100_STAND_INS or run.dataset != DATASET_NAMES["c100+"]:
+def _cifar100_cpu(run: Run, data_dir: Path | str, table=None) -> Run | None:
+    """The run's family stand-in (from ``table``, default C100_STAND_INS) on the real CIFAR-100
+    (C100+ runs only), with the published figure of the full-size network as its reference."""
+    table = C100_STAND_INS if table is None else table
+    if run.seed not in C100_SEEDS or run.model not in table or run.dataset != DATASET_NAMES["c100+"]:
         return None
-    zoo, fields, label, stem = _stand_in(run, C100_STAND_INS)
+    zoo, fields, label, stem = _stand_in(run, table)
     name = f"{stem}_c100cpu"
     config = run.config.split(":")[0] + f":{zoo},c100+"
     overrides = tuple((f"model.{k}", v) for k, v in fields.items()) + cifar100_overrides(data_dir)
@@ -390,7 +429,10 @@ class Budget:
     transform: Callable[[Run], Run | None]
 
 
-def budget(name: str, data_dir: Path | str | None = None) -> Budget:
+def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None = None) -> Budget:
+    """Budget ``name``; ``stand_ins`` (budget name -> table) replaces the stand-in tables of the
+    reduced budgets (a study's own pairs)."""
+    table = (stand_ins or {}).get(name)
     if name == "full":
         return Budget(name, "the paper's full recipes", lambda r: r)
     if name == "smoke":
@@ -403,7 +445,7 @@ def budget(name: str, data_dir: Path | str | None = None) -> Budget:
             f"(JPEG-recompressed) with the C10+ recipe whatever the study's data set, tested on "
             f"{SAMPLE_TEST_IMAGES} of its test images, seeds {', '.join(map(str, SAMPLE_SEEDS))} where the "
             "study has several",
-            lambda r: _cifar10_sample(r, d),
+            lambda r: _cifar10_sample(r, d, table),
         )
     if name == "cifar100-cpu":
         d = data_dir or CIFAR100_DIR
@@ -411,7 +453,7 @@ def budget(name: str, data_dir: Path | str | None = None) -> Budget:
             name,
             f"small networks of equal size, {C100_EPOCHS:g} epochs on the real CIFAR-100 with the C100+ recipe, "
             f"the whole test set every {C100_EVAL_EVERY:g} epoch, seed 0",
-            lambda r: _cifar100_cpu(r, d),
+            lambda r: _cifar100_cpu(r, d, table),
         )
     raise ValueError(f"budget {name!r} is unknown; valid budgets are {', '.join(BUDGETS)}")
 
@@ -435,12 +477,14 @@ def study_runs(name: str, budget_name: str = "full", data_dir=None,
     the ones named in ``only``; an unknown name raises StudyError listing the valid ones."""
     study = get_study(name)
     try:
-        b = budget(budget_name, data_dir)
+        b = budget(budget_name, data_dir, study.stand_ins)
     except ValueError as e:
         raise StudyError(str(e)) from None
     runs, seen = [], set()
     for run in study.runs:
         r = b.transform(run)
+        if r is not None and study.finish is not None:
+            r = study.finish(r, budget_name)
         if r is None or r.name in seen:
             continue
         seen.add(r.name)
@@ -455,3 +499,62 @@ def study_runs(name: str, budget_name: str = "full", data_dir=None,
             )
         runs = [r for r in runs if r.name in only]
     return tuple(runs)
+
+
+# ------------------------------------------------------------------------------------------------
+# The data-efficiency study: its networks, subsets, seeds and step rule at every budget
+
+DATA_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+# Seeds per budget; the seed also draws the subsets (data.subset_seed), so each seed has its own
+# nested family of subsets.
+DATA_SEEDS = {"full": (0, 1, 2), "smoke": (0, 1), "cifar10-sample": (0,), "cifar100-cpu": (0,)}
+# DenseNet-BC (L=100, k=12) has 0.80M parameters, ResNet-56 0.86M. Their stand-ins at both
+# reduced budgets are the equal-sized pair of the cifar100-cpu budget: DenseNet-BC (L=22, k=12),
+# 72K parameters with 10 classes (78K with 100), and ResNet-8, 75K (81K).
+DATA_MODELS = ("densenet_bc100_k12", "resnet56")
+DATA_STAND_INS = {"densenet_bc100_k12": C100_STAND_INS["densenet_bc100_k12"],
+                  "resnet56": C100_STAND_INS["resnet164"]}
+# The step rule: every subset trains for the steps the whole training set takes at the budget
+# (its epochs of the full split), so a smaller subset is seen for more epochs, not for less time.
+# (training images, epochs, batch) of that full-data schedule per budget:
+FULL_DATA_SCHEDULE = {
+    "full": (50_000, 300.0, 64),
+    "smoke": (dict(SMOKE_OVERRIDES)["data.train_limit"], dict(SMOKE_OVERRIDES)["num_epochs"],
+              dict(SMOKE_OVERRIDES)["batch_size"]),
+    # One epoch of the 10,000-image sample, not the budget's two: eight runs of 156 steps fit in
+    # about 45 minutes of two shared CPU cores.
+    "cifar10-sample": (10_000, 1.0, 64),
+    "cifar100-cpu": (50_000, C100_EPOCHS, 64),
+}
+
+
+def data_efficiency_steps(budget_name: str) -> int:
+    """The training steps of every run of the data-efficiency study at a budget."""
+    images, epochs, batch = FULL_DATA_SCHEDULE[budget_name]
+    return max(1, round(epochs * (images // batch)))
+
+
+def _finish_data_efficiency(run: Run, budget_name: str) -> Run | None:
+    """The subset (fraction, seed), the DenseNet recipe where the budget sets none, the equal step
+    count, and evaluations and checkpoints every ``1 / fraction`` times the budget's interval in
+    epochs (about the same steps as the whole-set run). The smoke budget draws its subsets from
+    all of the digits' training part, so that the smallest still fills a batch."""
+    if run.seed not in DATA_SEEDS[budget_name] or run.train_fraction is None:
+        return None
+    f = run.train_fraction
+    given = dict(run.overrides)
+    kept = tuple((k, v) for k, v in run.overrides
+                 if k not in ("data.train_limit", "num_epochs", "eval_every_epochs", "checkpoint_every_epochs"))
+    recipe = tuple((k, v) for k, v in DENSENET_RECIPE if k not in given)
+    extra = (
+        ("data.train_fraction", f), ("data.subset_seed", run.seed),
+        ("num_train_steps", data_efficiency_steps(budget_name)),
+        ("eval_every_epochs", given.get("eval_every_epochs", 1.0) / f),
+        ("checkpoint_every_epochs", given.get("checkpoint_every_epochs", 1.0) / f),
+    )
+    return dataclasses.replace(run, overrides=kept + recipe + extra,
+                               label=f"{run.label}, {f:.0%} of the training set")
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in (
+    _table2(), _resnet_vs_densenet(), _pre_vs_post_activation(), _data_efficiency())}
