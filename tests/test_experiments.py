@@ -121,6 +121,9 @@ def test_print_lists_exactly_the_study_runs(capsys, study, tmp_path):
         config = config_from_args(args[3:])
         config_lib.validate(config)  # a real, valid run configuration
         assert config.seed == r.seed
+        if r.train_fraction not in (None, 1.0):  # a subset of the training set has no published figure
+            assert r.paper is None and config.data.train_fraction == r.train_fraction
+            continue
         assert published.error(config.model.name, r.config.split(",")[-1], config.model.get("activation")) == r.paper
     assert not Path(root).exists()  # printing starts nothing and writes nothing
 
@@ -437,11 +440,12 @@ def test_block_matrices_of_a_densenet_follow_its_layout():
 SMOKE_RUNS = ("densenet_bc100_k12_pre_c10+_s0", "densenet_bc100_k12_post_c10+_s0")
 
 
-def runner(root: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+def runner(root: Path, cache: Path, *extra: str, study: str = SMOKE_STUDY,
+           runs: tuple[str, ...] = SMOKE_RUNS) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "experiments.run", SMOKE_STUDY, f"--root={root}", "--smoke",
-           f"--set=compilation_cache_dir={cache}", *[f"--only={n}" for n in SMOKE_RUNS], *extra]
+    cmd = [sys.executable, "-m", "experiments.run", study, f"--root={root}", "--smoke",
+           f"--set=compilation_cache_dir={cache}", *[f"--only={n}" for n in runs], *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -505,3 +509,129 @@ def test_cost_of_a_full_run_from_the_step_time():
     # Each network of the comparison has a C100+ config whose schedule the table uses.
     assert {studies.paper_run(m, "c100+").config.split(":")[0] for m in cost.MODELS} == {
         studies.DENSENET_CONFIG, studies.RESNET_CONFIG}
+
+
+# 6. The seed's claims: data efficiency and gradient flow -------------------------------------------
+
+
+def test_data_efficiency_study_pairs_equal_networks_on_nested_subsets_with_equal_steps():
+    full = studies.study_runs("data_efficiency", "full")
+    assert [r.name for r in full] == [r.name for r in studies.STUDIES["data_efficiency"].runs]
+    assert len(full) == len(studies.DATA_FRACTIONS) * len(studies.DATA_MODELS) * len(studies.DATA_SEEDS["full"])
+    assert {r.model for r in full} == {"densenet_bc100_k12", "resnet56"}
+    for r in full:
+        c = report.config_of_run(r)
+        config_lib.validate(c)
+        # the DenseNet recipe and the steps of the whole training set (300 epochs of 50,000 at 64) for every run
+        assert (c.batch_size, c.optim.nesterov, c.num_train_steps) == (64, True, 300 * (50_000 // 64))
+        assert (c.data.train_fraction, c.data.subset_seed) == (r.train_fraction, r.seed)
+    sample = studies.study_runs("data_efficiency", "cifar10-sample", data_dir="/data")
+    assert [r.name for r in sample] == [f"{net}_{pct}pct_c10sample_s0" for pct in ("10", "25", "50", "100")
+                                        for net in ("densenet_bc22_k12", "resnet8")]
+    sizes = {}
+    for r in sample:
+        c = report.config_of_run(r)
+        config_lib.validate(c)
+        assert (c.num_train_steps, c.batch_size, c.optim.learning_rate, c.optim.nesterov, c.data.npz_train) == (
+            studies.data_efficiency_steps("cifar10-sample"), 64, 0.1, True, "/data/train_10k.npz")
+        assert c.eval_every_epochs == pytest.approx(0.5 / r.train_fraction)  # about the same steps for every subset
+        sizes[c.model.name] = report.network_size(c)[0]
+    assert studies.data_efficiency_steps("cifar10-sample") == 10_000 // 64
+    assert sizes == {"densenet_cifar": 71_686, "resnet_cifar": 75_290}  # equal within 5%
+    c100 = studies.study_runs("data_efficiency", "cifar100-cpu", data_dir="/c100")
+    assert len(c100) == 8 and all(report.config_of_run(r).num_train_steps == 2 * (50_000 // 64) for r in c100)
+
+
+DE_SMOKE_RUNS = ("densenet_bc100_k12_c100+_10pct_s0", "densenet_bc100_k12_c100+_10pct_s1")
+
+
+def test_data_efficiency_smoke_study_end_to_end(tmp_path):
+    from dnjax import logs
+
+    root = tmp_path / "study"
+    proc = runner(root, tmp_path / "cache", study="data_efficiency", runs=DE_SMOKE_RUNS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    path, written, results = report.write_report("data_efficiency", root)
+    md = path.read_text()
+    errors = {}
+    for name in DE_SMOKE_RUNS:
+        records, _ = logs.read_jsonl(root / name / "metrics.jsonl")
+        final = next(r for r in records if r["type"] == "final")
+        assert final["step"] == studies.data_efficiency_steps("smoke")  # the same steps for every subset
+        errors[name] = final["test_error"]
+        assert table_rows(md, "## Runs")[name][5] == f"{final['test_error']:.2f}"
+        config = json.loads((root / name / "config.json").read_text())
+        assert config["data"]["train_fraction"] == float(name.split("_")[-2].removesuffix("pct")) / 100
+    # the two seeds of the 10% subset are one row, mean ± std of the logged errors
+    ten = [errors[n] for n in DE_SMOKE_RUNS[:2]]
+    mean, std = np.mean(ten), np.std(ten, ddof=1)
+    row = table_rows(md, "| model |")["densenet_bc_tiny, 10% of the training set"]
+    assert row[5] == f"{mean:.2f} ± {std:.2f} (n=2)"
+    assert [p.name for p in written] == ["data_efficiency.png"]
+    png_ok(written[0])
+
+
+def test_layer_gradient_norms_against_autodiff_and_by_hand():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from dnjax import models
+    from experiments import gradient_flow
+
+    model = models.get_model("vgg_tiny", num_classes=10)
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
+    y = jnp.arange(6) % 10
+    params = model.init(jax.random.key(0), x, train=False)["params"]
+    norms = gradient_flow.layer_gradient_norms(model, params, x, y)
+    assert [n["layer"] for n in norms] == ["stage1_conv1", "stage2_conv1", "stage3_conv1", "head"]
+
+    def loss(p, images):
+        logits, _ = model.apply({"params": p, "batch_stats": jax.tree.map(jnp.zeros_like, {})}, images,
+                                train=True, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    (_, logits), (g_params, g_x) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+    for n in norms:  # kernels: plain autodiff of the loss
+        assert n["weight"] == pytest.approx(float(jnp.linalg.norm(g_params[n["layer"]]["kernel"])), rel=1e-5)
+    # the first convolution reads the image itself
+    assert norms[0]["input"] == pytest.approx(float(jnp.linalg.norm(g_x)), rel=1e-5)
+    # the classifier's input, by hand: dL/dh = (softmax(logits) - onehot(y)) / B @ W^T
+    dlogits = (jax.nn.softmax(logits) - jax.nn.one_hot(y, 10)) / x.shape[0]
+    by_hand = np.linalg.norm(np.asarray(dlogits) @ np.asarray(params["head"]["kernel"]).T)
+    assert norms[-1]["input"] == pytest.approx(by_hand, rel=1e-4)
+    assert gradient_flow.ratio(norms, "weight") == pytest.approx(norms[0]["weight"] / norms[2]["weight"])
+
+
+def test_gradient_flow_smoke_end_to_end(tmp_path, capsys):
+    from dnjax import logs
+    from experiments import gradient_flow
+
+    assert gradient_flow.main([f"--out={tmp_path}", "--smoke", "--steps=2", "--only=plain_tiny",
+                               "--only=densenet_tiny"]) == 0
+    data = json.loads((tmp_path / "gradient_flow.json").read_text())["networks"]
+    assert [n["name"] for n in data] == ["plain_tiny", "densenet_tiny"]
+    md = (tmp_path / "report.md").read_text()
+    for n in data:
+        records, _ = logs.read_jsonl(tmp_path / n["name"] / "metrics.jsonl")
+        final = next(r for r in records if r["type"] == "final")
+        assert final["step"] == n["steps"] == 2 and final["test_error"] == n["test_error"]
+        assert len(n["init"]) == len(n["trained"]) > 2 and n["init"] != n["trained"]
+        assert n["init_weight_ratio"] == pytest.approx(n["init"][0]["weight"] / n["init"][-2]["weight"])
+        row = table_rows(md, "| network |")[n["label"]]
+        assert row[3:5] == [f"{n['init_weight_ratio']:.3g}", f"{n['trained_weight_ratio']:.3g}"]
+        assert row[-1] == f"{n['test_error']:.2f}"
+    # densenet_tiny: stem, 3 blocks of 2 layers, 2 transitions, classifier
+    assert len(data[1]["init"]) == 1 + 6 + 2 + 1
+    png_ok(tmp_path / "gradient_flow.png")
+
+
+def test_gradient_flow_refuses_a_missing_data_dir(tmp_path, capsys):
+    from experiments import gradient_flow
+
+    out = tmp_path / "out"
+    assert gradient_flow.main([f"--out={out}", f"--data_dir={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--data_dir={tmp_path / 'nowhere'} does not hold train_10k.npz and test_10k.npz" in err
+    assert not out.exists()
+
