@@ -46,6 +46,7 @@ LABELS = {
     "densenet_bc100_k12": "DenseNet-BC (L=100, k=12)",
     "densenet_bc250_k24": "DenseNet-BC (L=250, k=24)",
     "densenet_bc190_k40": "DenseNet-BC (L=190, k=40)",
+    "resnet56": "ResNet-56",
     "resnet110": "ResNet-110",
     "preact_resnet110": "pre-act. ResNet-110",
     "resnet164": "ResNet-164",
@@ -258,7 +259,9 @@ def _data_efficiency() -> Study:
         "C100+: DenseNet-BC (L=100, k=12; 0.8M parameters) against ResNet-56 (0.86M) trained on nested, "
         f"class-balanced subsets ({', '.join(f'{f:.0%}' for f in DATA_FRACTIONS)}) of the training set, "
         "with the DenseNet recipe for both and the same number of steps for every subset (that of the "
-        "whole training set): test error against training-set size.",
+        "whole training set): test error against training-set size. Reduced budgets train the "
+        "equal-sized stand-ins, seed 0; at cifar10-sample every run takes "
+        f"{data_efficiency_steps('cifar10-sample')} steps of batch 64, one epoch of the whole sample.",
         tuple(runs),
         plots=("data_efficiency",),
         stand_ins={"cifar10-sample": DATA_STAND_INS, "cifar100-cpu": DATA_STAND_INS},
