@@ -97,7 +97,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if d.dataset in STREAMED_DATASETS:
             _fail("data.train_fraction", d.train_fraction,
                   f"subsets are drawn from data sets held in memory, not from the streamed {d.dataset!r}")
-    _integer("data.subset_seed", d.get("subset_seed", 0), low=0)
+    if d.get("subset_seed") is not None:
+        _integer("data.subset_seed", d.subset_seed, low=0)
     _integer("seed", config.seed, low=0)
     _integer("batch_size", config.batch_size, low=1)
     _integer("eval_batch_size", config.eval_batch_size, low=1)

@@ -62,9 +62,10 @@ def get_config(model: str = DEFAULT_MODEL):
     c.data.train_limit = placeholder(int)  # use only the first N training images (smoke runs)
     c.data.test_limit = placeholder(int)
     # Train on a class-balanced subset: this fraction of every class (None: all), drawn with
-    # subset_seed; for one seed a smaller fraction's subset lies inside a larger one's.
+    # subset_seed (None: 0); for one seed a smaller fraction's subset lies inside a larger one's.
+    # Both None by default, so runs saved before these fields existed resume unchanged.
     c.data.train_fraction = placeholder(float)
-    c.data.subset_seed = 0
+    c.data.subset_seed = placeholder(int)
 
     # A workdir (a converted one from python -m dnjax.convert, or any run's) whose newest
     # checkpoint's parameters and BatchNorm statistics start this run; the classifier is

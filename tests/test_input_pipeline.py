@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -745,6 +746,12 @@ def test_config_refuses_a_bad_train_fraction_and_one_for_streamed_data():
         config_lib.validate(c)
     c.data.train_fraction = 0.5
     config_lib.validate(c)
+    # an old run's config.json, without the subset fields, reads as no change on resume
+    saved = json.loads(c.to_json_best_effort())
+    del saved["data"]["train_fraction"], saved["data"]["subset_seed"]
+    c.data.train_fraction = None
+    assert config_lib.config_changes(saved, c) == {}
+    c.data.train_fraction = 0.5
     c.data.dataset = "imagenet2012"
     with pytest.raises(config_lib.ConfigError, match=r"config\.data\.train_fraction=0\.5 is invalid: subsets"):
         config_lib.validate(c)
