@@ -449,37 +449,20 @@ class Trainer(Setup):
         self.config_changes = allowed
         return finished
 
-    def _finished(self) -> RunResult | None:
-        """The result of a run that already ended at this config's last step, from its log, if
-        its last checkpoint is intact (read without changing anything). A damaged one is left to
-        the resume, which falls back to the newest intact checkpoint and trains to the end again."""
+    def _final_record(self) -> dict[str, Any] | None:
+        """The log's final record of a run that already ended at this config's last step."""
         final = [r for r in logs.records(self.workdir, "final") if r["step"] == self.sched.total_steps]
         if not final or self.sched.total_steps not in checkpointing.committed_steps(self.workdir):
             return None
-        level = log.level
-        log.setLevel(logging.ERROR)  # the resume reports a damaged checkpoint, once
-        try:
-            reader = checkpointing.Checkpoints(self.workdir)
-            try:
-                self.restore(reader, step=self.sched.total_steps)
-            finally:
-                reader.close()
-        except checkpointing.CheckpointError:
-            return None
-        finally:
-            log.setLevel(level)
-        skip = ("type", "step", "time", "epoch")
-        return RunResult("finished", final[-1]["step"], {k: v for k, v in final[-1].items() if k not in skip})
+        return final[-1]
 
     def _run(self) -> RunResult:
         cfg, sched = self.config, self.sched
         self.config_changes = {}
+        final = None
         if checkpointing.has_checkpoints(self.workdir):
             self.check_resume_config()
-            done = self._finished()
-            if done is not None:  # leave the finished run exactly as it is
-                log.info("%s already finished at step %d; nothing to do", self.workdir, done.step)
-                return done
+            final = self._final_record()
         # Read before anything is written: weights that do not fit stop the run untouched.
         initial = None
         if cfg.init_from and not checkpointing.has_checkpoints(self.workdir):
@@ -490,6 +473,13 @@ class Trainer(Setup):
         except BaseException:
             _close_quietly(ckpts)
             raise
+        if resumed and final is not None and int(jax.device_get(state.step)) == sched.total_steps:
+            # Finished, and its last checkpoint read back intact: leave the run exactly as it is.
+            # (A damaged one was skipped above: the run then trains to the end again.)
+            ckpts.close()
+            log.info("%s already finished at step %d; nothing to do", self.workdir, sched.total_steps)
+            skip = ("type", "step", "time", "epoch")
+            return RunResult("finished", sched.total_steps, {k: v for k, v in final.items() if k not in skip})
         metrics_log = None
         try:
             # Written only once the workdir is known to hold this model (or nothing yet).
