@@ -97,12 +97,11 @@ def main(argv):
         return 2
     except (train.checkpointing.CheckpointError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
-        if isinstance(e, WorkdirError) and e.__cause__ is not None:
-            # A failed write: orbax's save threads are still failing; they end with the process.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(3)
-        return 3
+        # Exit without the interpreter's shutdown: orbax's reads of a damaged checkpoint, or its
+        # saves to a full disk, leave tasks that would report themselves after this line.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(3)
     except Exception as e:
         import jax
 
