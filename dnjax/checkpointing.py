@@ -7,6 +7,8 @@ pure function of (seed, step), so a restored run continues with exactly the next
 
 Orbax writes into a temporary directory and renames it when complete, so a save interrupted by a
 crash never becomes the newest checkpoint; such leftovers are removed when the next run starts.
+On an object store (``gs://``), which cannot rename, orbax writes the step directory in place and
+adds ``commit_success.txt`` last; a step without it is not a checkpoint (:func:`committed_steps`).
 The meta also holds a fingerprint of every array of the state, checked on restore: orbax's files
 detect truncation and most garbage, but not every flipped bit of an array's compressed data.
 
@@ -36,13 +38,15 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from dnjax import storage
 
 log = logging.getLogger("dnjax")
 
@@ -101,13 +105,26 @@ def _one_line(e: Exception, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _move_aside(step_dir: Path) -> Path:
-    """Renames a damaged step directory to ``<step>.damaged`` (orbax ignores such names)."""
+def _move_aside(step_dir: epath.Path) -> epath.Path:
+    """Renames a damaged step directory to ``<step>.damaged`` (orbax ignores such names). On an
+    object store the rename is a copy and a delete: the copy is complete before the step goes."""
     dst, n = step_dir.with_name(f"{step_dir.name}.damaged"), 1
     while dst.exists():
         dst, n = step_dir.with_name(f"{step_dir.name}.damaged-{n}"), n + 1
-    step_dir.rename(dst)
+    if storage.is_remote(step_dir):
+        _copy_tree(step_dir, dst)
+        step_dir.rmtree()
+    else:
+        step_dir.rename(dst)
     return dst
+
+
+def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
+    for p in src.iterdir():  # (epath refuses a recursive glob on GCS)
+        if p.is_dir():
+            _copy_tree(p, dst / p.name)
+        else:
+            (dst / p.name).write_bytes(p.read_bytes())
 
 
 def _abandoned_read(exc: BaseException | None, obj: Any) -> bool:
@@ -181,9 +198,9 @@ class Checkpoints:
     directory as they found it, even while a run is writing to it.
     """
 
-    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True, *,
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True, *,
                  training: bool = False):
-        workdir = Path(workdir).absolute()
+        workdir = storage.path(workdir)
         self.training = training
         policies = ocp.checkpoint_managers
         self.latest = ocp.CheckpointManager(
@@ -342,14 +359,14 @@ class Checkpoints:
         the way of the resumed run, which saves those steps again."""
         if jax.process_index() == 0:
             for s in steps:
-                src = Path(self.latest.directory) / str(s)
+                src = epath.Path(self.latest.directory) / str(s)
                 log.warning("Moved the damaged checkpoint %s to %s", src, _move_aside(src))
         if jax.process_count() > 1:
             ocp.multihost.sync_global_processes("dnjax_set_aside_damaged")
         self.latest.reload()
 
     @staticmethod
-    def _repair_best(directory: Path) -> None:
+    def _repair_best(directory: epath.Path) -> None:
         """Every best checkpoint gets a readable test error, or is set aside.
 
         orbax keeps a best checkpoint's test error in ``best/<step>/metrics``; a checkpoint whose
@@ -373,10 +390,8 @@ class Checkpoints:
                                 "it (%s); moved it to %s. The run's next evaluations choose a new best.",
                                 d, problem, _one_line(e), _move_aside(d))
                     continue
-                metrics.parent.mkdir(exist_ok=True)
-                tmp = metrics.with_name("metrics.tmp")
-                tmp.write_text(json.dumps({"test_error": test_error}))
-                os.replace(tmp, metrics)
+                metrics.parent.mkdir(parents=True, exist_ok=True)
+                storage.write_whole(metrics, json.dumps({"test_error": test_error}))
                 log.warning("The best checkpoint %s had a %s test error; restored %.4g from its meta",
                             d, problem, test_error)
         if jax.process_count() > 1:
@@ -408,27 +423,30 @@ class Checkpoints:
                 _QUIET.release()
 
 
-def committed_steps(workdir: str | Path) -> list[int]:
-    """The steps of ``workdir/checkpoints`` whose saves completed (orbax renames a save's
-    temporary directory to its step when it is complete), oldest first."""
-    path = Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
+def committed_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps of ``workdir/checkpoints`` whose saves completed, oldest first: orbax renames a
+    save's temporary directory to its step when it is complete, or on an object store writes the
+    step's ``commit_success.txt`` last."""
+    path = storage.path(workdir) / "checkpoints"
+    if not storage.is_remote(path):
+        return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
+    return sorted(s for s in ocp.path.step.checkpoint_steps(path) if isinstance(s, int))
 
 
-def has_checkpoints(workdir: str | Path) -> bool:
+def has_checkpoints(workdir: str | os.PathLike) -> bool:
     return bool(committed_steps(workdir))
 
 
-def read_weights(workdir: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def read_weights(workdir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The parameters and BatchNorm statistics (numpy) and the meta of a workdir's newest
     checkpoint, checked against the fingerprints saved with them: what another run starts from
     (``config.init_from``). Reads only; the optimizer state, whatever its structure, is skipped.
     """
-    path = Path(workdir).absolute() / "checkpoints"
-    if not has_checkpoints(workdir):
+    path = storage.path(workdir) / "checkpoints"
+    steps = committed_steps(workdir)
+    if not steps:
         raise CheckpointError(f"{workdir} holds no checkpoint (no step directory in {path})")
-    steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True)
-    step_dir = path / str(steps[0])
+    step_dir = path / str(steps[-1])
     _QUIET.acquire()
     try:
         meta = json.loads((step_dir / "meta" / "metadata").read_text())

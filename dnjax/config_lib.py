@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from dnjax import defaults, models, profiling
+from dnjax import defaults, models, profiling, storage
 from dnjax.data.choices import DATASETS, NORMALIZATIONS, STREAMED_DATASETS
 from dnjax.models.common import DTYPES
 
@@ -89,7 +89,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if d[f] is not None:
             _integer(f"data.{f}", d[f], low=1)
     init_from = config.get("init_from")
-    if init_from is not None and not Path(init_from).is_dir():
+    if init_from is not None:
+        try:
+            storage.check_available(init_from, "config.init_from")
+        except storage.StorageError as e:
+            raise ConfigError(str(e)) from None
+    if init_from is not None and not storage.path(init_from).is_dir():
         _fail("init_from", init_from, "it must be the workdir of a run or of a converted checkpoint "
               "(python -m dnjax.convert)")
     if d.get("train_fraction") is not None:
@@ -285,7 +290,7 @@ def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config a run saved in ``workdir/config.json``."""
-    path = Path(workdir) / "config.json"
+    path = storage.path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {workdir} the workdir of a dnjax run?")
     return from_json(json.loads(path.read_text()))

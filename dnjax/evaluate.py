@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from absl import app, flags
 
@@ -22,11 +21,12 @@ _JSON = flags.DEFINE_bool("json", False, "Print the metrics as one JSON object."
 flags.mark_flag_as_required("workdir")
 
 
-def evaluate_workdir(workdir: str | Path, which: str = "latest", step: int | None = None) -> dict:
+def evaluate_workdir(workdir, which: str = "latest", step: int | None = None) -> dict:
     """Builds the run's setup (data, model, steps; no trainer, nothing written) and evaluates a
     checkpoint on the whole test split."""
-    from dnjax import checkpointing, config_lib, train
+    from dnjax import checkpointing, config_lib, storage, train
 
+    storage.check_available(workdir, "--workdir")
     config = config_lib.load_run_config(workdir)
     setup = train.Setup(config)
     ckpts = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)

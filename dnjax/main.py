@@ -46,7 +46,14 @@ _ACCEPT = flags.DEFINE_list(
     "(model, data, batch, optimizer, schedule, seed, dtype) is refused; list the fields (or 'all') "
     "to continue the run with the new values on purpose.",
 )
+_LEASE = flags.DEFINE_float(
+    "lock_lease_seconds", 60.0,
+    "gs:// workdirs: the lease of the run's lock object, renewed every quarter of it. A run killed "
+    "without a chance to release it holds the workdir this long (on another host; on the same "
+    "host a rerun takes it over at once).",
+)
 flags.register_validator("heartbeat_timeout_seconds", lambda v: v >= 1, "must be at least 1 second")
+flags.register_validator("lock_lease_seconds", lambda v: v >= 4, "must be at least 4 seconds")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Exit status of a process whose multi-process run lost another process.
@@ -91,7 +98,7 @@ def main(argv):
     from dnjax.workdir import WorkdirError
 
     try:
-        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ACCEPT.value)
+        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ACCEPT.value, _LEASE.value)
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,6 @@ import math
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import flax
@@ -36,10 +35,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dnjax import checkpointing, config_lib, logs, profiling, sharding
+from dnjax import checkpointing, config_lib, logs, profiling, sharding, storage
 from dnjax.data import sources
 from dnjax.data.choices import STREAMED_DATASETS
-from dnjax.workdir import WorkdirError, WorkdirLock, check_writable, write_error
+from dnjax.workdir import LEASE_SECONDS, WorkdirError, check_writable, lock_for, write_error
 
 log = logging.getLogger("dnjax")
 
@@ -326,9 +325,15 @@ class Trainer(Setup):
     """A :class:`Setup` and its workdir; ``run()`` trains and evaluates, resuming by itself."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                 accept_config_changes: Sequence[str] = ()):
+                 accept_config_changes: Sequence[str] = (), lock_lease_seconds: float = LEASE_SECONDS):
+        try:  # a bucket that cannot be used stops the run before the data is even read
+            storage.check_available(workdir, "--workdir")
+        except storage.StorageError as e:
+            raise WorkdirError(str(e)) from None
         super().__init__(config)
-        self.workdir = Path(workdir)
+        self.workdir = storage.path(workdir)
+        self.lock_lease_seconds = lock_lease_seconds
+        self._lock = None
         # Fields whose change a resumed run accepts on purpose (or "all"): --accept_config_changes.
         self.accepted = tuple(accept_config_changes)
         self.config_changes: dict[str, tuple[Any, Any]] = {}
@@ -390,26 +395,29 @@ class Trainer(Setup):
         :class:`~dnjax.workdir.WorkdirError`, the checkpoints already committed intact."""
         created = []  # directories this run makes, deepest first: removed again if it writes nothing
         if self.is_main:
-            here = self.workdir.absolute()
-            created = [d for d in (here, *here.parents) if not d.exists()]
+            if not storage.is_remote(self.workdir):  # an object store has no directories to leave
+                here = storage.local(self.workdir)
+                created = [d for d in (here, *here.parents) if not d.exists()]
             check_writable(self.workdir)
         done = False
+        self._lock = lock_for(self.workdir, self.lock_lease_seconds) if self.is_main else None
         try:
-            with WorkdirLock(self.workdir) if self.is_main else contextlib.nullcontext():
+            with self._lock if self._lock is not None else contextlib.nullcontext():
                 try:
                     result = self._run()
                     done = True
                     return result
                 except Exception as e:
                     cause = write_error(e)
-                    if cause is None:
+                    if cause is None and not isinstance(e, storage.StorageError):
                         raise
                     steps = checkpointing.committed_steps(self.workdir)
                     kept = (f"The checkpoints up to step {steps[-1]} are intact" if steps
                             else "No checkpoint had been committed")
+                    what = (f"{cause.strerror or cause}{f' ({cause.filename})' if cause.filename else ''}"
+                            if cause is not None else str(e))
                     raise WorkdirError(
-                        f"Cannot write to --workdir={self.workdir}: {cause.strerror or cause}"
-                        f"{f' ({cause.filename})' if cause.filename else ''}. {kept}; free space (or "
+                        f"Cannot write to --workdir={self.workdir}: {what}. {kept}; free space (or "
                         "fix the storage) and rerun the same command to resume."
                     ) from e
         finally:
@@ -484,7 +492,7 @@ class Trainer(Setup):
         try:
             # Written only once the workdir is known to hold this model (or nothing yet).
             if self.is_main:
-                _write_atomically(self.workdir / "config.json", cfg.to_json_best_effort(indent=2))
+                storage.write_whole(self.workdir / "config.json", cfg.to_json_best_effort(indent=2))
             start = int(jax.device_get(state.step))
             metrics_log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None,
                                           enabled=self.is_main)
@@ -504,8 +512,12 @@ class Trainer(Setup):
                 )
             result = self._loop(state, start, ckpts, metrics_log)
         except BaseException as e:
-            _close_quietly(metrics_log)  # the first error is the one to report
-            if write_error(e) is None:
+            storage_failed = write_error(e) is not None or isinstance(e, storage.StorageError)
+            if metrics_log is not None and storage_failed:
+                _close_quietly(_Discard(metrics_log))  # the store cannot take the rest
+            else:
+                _close_quietly(metrics_log)  # the first error is the one to report
+            if not storage_failed:
                 _close_quietly(ckpts)
             else:
                 ckpts.abandon()
@@ -527,8 +539,9 @@ class Trainer(Setup):
         metrics = None
         step = start
         batches = self.source.train_batches(start)
-        profiler = profiling.StepProfiler(cfg.profile_steps, self.workdir / "tensorboard",
+        profiler = profiling.StepProfiler(cfg.profile_steps, metrics_log.tensorboard_dir,
                                           enabled=self.is_main)
+        lock = self._lock
         with _SigtermFlag() as sigterm, profiler:
             while step < sched.total_steps:
                 profiler.before(step + 1)
@@ -565,6 +578,9 @@ class Trainer(Setup):
                            f"(top-5 {last_eval['test_top5_error']:.2f}%), test loss {last_eval['test_loss']:.4f}")
                     bar.write(msg) if bar is not None else log.info(msg)
                 if do_ckpt:
+                    if lock is not None:
+                        lock.check()  # another run took the workdir over: save nothing
+                    metrics_log.sync()  # every committed checkpoint has its records in the workdir
                     meta = self.meta(state, epoch)
                     if do_eval:  # lets a resumed run redo a best save that a crash cut short
                         meta["test_error"] = last_eval["test_error"]
@@ -574,6 +590,7 @@ class Trainer(Setup):
                 halt = step == cfg.halt_after_steps and step < sched.total_steps
                 if sigterm.set or halt or ckpts.reached_preemption(step):
                     if not do_ckpt:
+                        metrics_log.sync()
                         ckpts.save(step, state, self.meta(state, epoch), force=True,
                                    items=self.source.save_items())
                     ckpts.wait()
@@ -609,15 +626,17 @@ def _close_quietly(*closables) -> None:
             log.debug("While stopping, closing %s failed too: %s", type(c).__name__, str(e).splitlines()[0] if str(e) else e)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+class _Discard:
+    """Closes a metrics log without its last upload."""
+
+    def __init__(self, metrics_log):
+        self.metrics_log = metrics_log
+
+    def close(self) -> None:
+        self.metrics_log.discard()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                       accept_config_changes: Sequence[str] = ()) -> RunResult:
-    return Trainer(config, workdir, accept_config_changes).run()
+                       accept_config_changes: Sequence[str] = (),
+                       lock_lease_seconds: float = LEASE_SECONDS) -> RunResult:
+    return Trainer(config, workdir, accept_config_changes, lock_lease_seconds).run()

@@ -33,59 +33,8 @@ import runs
 
 pytestmark = pytest.mark.faults
 
-# The tiny config for 60 steps with everything a crash can hit: 89 steps per epoch make a
-# checkpoint every 3 steps and an evaluation (and maybe a best save) every 6; dropout on, so the
-# randomness of every step matters too.
-STEPS = 60
-EVAL_EVERY = 6
-LONG = (
-    f"--config.num_train_steps={STEPS}",
-    "--config.log_every_steps=1",
-    "--config.model.dropout_rate=0.2",
-    "--config.checkpoint_every_epochs=0.0337",
-    "--config.eval_every_epochs=0.0674",
-)
-TMP_MARK = ".orbax-checkpoint-tmp"
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    r = runs.run_main(workdir, *LONG, cache=cache)
-    assert r.returncode == 0, r.stderr
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [54, 57, 60]
-    assert [r["step"] for r in logs.records(workdir, "eval")] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
-    return workdir
-
-
-def _without_times(rec):
-    return {k: v for k, v in rec.items() if k not in ("time", "img_per_s")}
-
-
-def assert_same_run(reference: Path, workdir: Path) -> None:
-    """Final state (parameters, BatchNorm statistics, optimizer state, step), best checkpoint and
-    logged metrics bitwise equal to the reference run's."""
-    for which in ("checkpoints", "best"):
-        steps = sorted(int(p.name) for p in (workdir / which).iterdir() if p.name.isdigit())
-        ref_steps = sorted(int(p.name) for p in (reference / which).iterdir() if p.name.isdigit())
-        assert steps[-1] == ref_steps[-1], which
-        a = runs.flat(runs.load_state(reference, which=which))
-        b = runs.flat(runs.load_state(workdir, which=which))
-        assert a.keys() == b.keys() and len(a) > 100
-        differ = [k for k in a if not np.array_equal(a[k], b[k])]
-        assert not differ, f"{which}: {len(differ)} arrays differ, e.g. {differ[:3]}"
-    recs, torn = logs.read_jsonl(workdir / logs.METRICS_FILE)
-    assert not torn
-    train_steps = [r["step"] for r in recs if r["type"] == "train"]
-    assert train_steps == list(range(1, STEPS + 1)), "each step logged exactly once, in order"
-    for kind in ("train", "eval", "final"):
-        want = [_without_times(r) for r in logs.records(reference, kind)]
-        got = [_without_times(r) for r in recs if r["type"] == kind]
-        assert got == want, kind
-    starts = [r for r in recs if r["type"] == "event" and r["event"] == "started"]
-    assert len(starts) == 1
-    leftovers = [p for d in ("checkpoints", "best") for p in (workdir / d).iterdir() if TMP_MARK in p.name]
-    assert not leftovers, leftovers
+STEPS, EVAL_EVERY, LONG, TMP_MARK = runs.STEPS, runs.EVAL_EVERY, runs.LONG, runs.TMP_MARK
+assert_same_run = runs.assert_same_run
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,23 +20,7 @@ import runs
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory, cache):
-    """The tiny config, 6 steps on one device: what sharded and multi-process runs must equal."""
-    workdir = tmp_path_factory.mktemp("reference")
-    r = runs.run_main(workdir, cache=cache)
-    assert r.returncode == 0, r.stderr
-    return workdir
-
-
-def _assert_close_states(a, b, *, rtol, atol):
-    fa, fb = runs.flat(a), runs.flat(b)
-    assert fa.keys() == fb.keys()
-    for k in fa:
-        if k.endswith("/step"):
-            assert int(fa[k]) == int(fb[k])
-            continue
-        np.testing.assert_allclose(fa[k], fb[k], rtol=rtol, atol=atol, err_msg=k)
+_assert_close_states = runs.assert_close_states
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,14 +39,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def convert(model: str, weights: str | Path, out: str | Path, config) -> Path:
+def convert(model: str, weights: str | Path, out, config):
     from dnjax import convert as conv
 
     if model not in conv.SUPPORTED:
         raise conv.ConversionError(
             f"--model={model!r} has no torchvision counterpart; supported: {', '.join(conv.SUPPORTED)}"
         )
-    conv.workdir.check_out(Path(out))
+    conv.workdir.check_out(out)
     config.model.name = model
     state_dict = conv.load_state_dict(weights)
     net = conv.workdir.build_model(config)

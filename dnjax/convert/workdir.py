@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dnjax import storage
 from dnjax.convert.torchvision import ConversionError, abstract_variables
 
 
@@ -45,22 +45,29 @@ def build_model(config: ml_collections.ConfigDict):
         raise ConversionError(str(e)) from None
 
 
-def check_out(out: Path) -> None:
+def check_out(out) -> None:
+    try:
+        storage.check_available(out, "--out")
+    except storage.StorageError as e:
+        raise ConversionError(str(e)) from None
+    out = storage.path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"--out={out} exists and is not an empty directory; choose a new one")
 
 
-def write_workdir(out: str | Path, variables: dict[str, Any], config: ml_collections.ConfigDict,
-                  *, converted_from: dict[str, Any] | None = None) -> Path:
+def write_workdir(out, variables: dict[str, Any], config: ml_collections.ConfigDict,
+                  *, converted_from: dict[str, Any] | None = None):
     """Writes ``config.json`` and a step-0 checkpoint of ``variables`` into the new directory ``out``.
 
-    ``out`` must not exist or be empty. Everything is written into a temporary sibling that is
-    renamed to ``out`` at the end, so a failure leaves nothing behind.
+    ``out`` must not exist or be empty. Locally everything is written into a temporary sibling that
+    is renamed to ``out`` at the end, so a failure leaves nothing behind. On an object store (no
+    rename) the checkpoint goes straight to ``out`` (orbax commits it last) and ``config.json``
+    after it, and a failure deletes what was written.
     """
     from dnjax import checkpointing, config_lib, train
 
-    out = Path(out)
     check_out(out)
+    out = storage.path(out)
     model = build_model(config)
     params = jax.tree.map(jnp.asarray, variables["params"])
     batch_stats = jax.tree.map(jnp.asarray, variables.get("batch_stats", {}))
@@ -87,8 +94,22 @@ def write_workdir(out: str | Path, variables: dict[str, Any], config: ml_collect
     if converted_from is not None:
         meta["converted_from"] = converted_from
 
+    if storage.is_remote(out):
+        try:
+            ckpts = checkpointing.Checkpoints(out, keep=config.keep_checkpoints, async_save=False,
+                                              training=True)
+            try:
+                ckpts.save(0, state, meta, force=True)
+            finally:
+                ckpts.close()
+            storage.write_whole(out / "config.json", config.to_json_best_effort(indent=2))
+        except BaseException:
+            if out.exists():
+                out.rmtree()
+            raise
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = storage.path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         ckpts = checkpointing.Checkpoints(tmp, keep=config.keep_checkpoints, async_save=False,
                                           training=True)

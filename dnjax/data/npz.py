@@ -5,10 +5,12 @@ named by ``data.npz_label``."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 
 import numpy as np
 
+from dnjax import storage
 from dnjax.data.base import DataError, Split, _as_labels, _validate_split
 
 
@@ -40,6 +42,9 @@ def npz_paths(spec: str, field: str) -> list[str]:
         raise DataError(f"data.{field}={spec!r} has an empty path; separate the files with single commas.")
     paths: list[str] = []
     for item in items:
+        if storage.is_remote(item):
+            paths += _remote_paths(item, field)
+            continue
         item = os.path.expanduser(item)
         if _GLOB_CHARS & set(item):
             matches = sorted(glob.glob(item))
@@ -52,10 +57,31 @@ def npz_paths(spec: str, field: str) -> list[str]:
             paths.append(item)
     seen = set()
     for p in paths:
-        if os.path.realpath(p) in seen:
+        key = p if storage.is_remote(p) else os.path.realpath(p)
+        if key in seen:
             raise DataError(f"data.{field}: {p} is named twice in {spec!r}; each part may appear once.")
-        seen.add(os.path.realpath(p))
+        seen.add(key)
     return paths
+
+
+def _remote_paths(item: str, field: str) -> list[str]:
+    """An object-store item of ``data.<field>``: one object, or a glob in its last component."""
+    try:
+        storage.check_available(item, f"data.{field}")
+    except storage.StorageError as e:
+        raise DataError(str(e)) from None
+    p = storage.path(item)
+    if _GLOB_CHARS & set(item):
+        if _GLOB_CHARS & set(os.fspath(p.parent)):
+            raise DataError(f"data.{field}: in the object-store glob {item} only the file name may hold "
+                            "wildcards (gs://bucket/dir/train_*.npz).")
+        matches = sorted(str(m) for m in p.parent.glob(p.name))
+        if not matches:
+            raise DataError(f"data.{field}: the glob {item} matches no object.")
+        return matches
+    if not p.exists():
+        raise DataError(f"data.{field}: the file {item} does not exist.")
+    return [str(p)]
 
 
 def load_parts(spec: str, field: str, label_key: str, limit: int | None) -> list[NpzPart]:
@@ -95,11 +121,14 @@ def describe_parts(parts: list[NpzPart]) -> str:
 
 
 def _load_npz(path: str, field: str, label_key: str = "label", limit: int | None = None) -> NpzPart:
-    path = os.fspath(os.path.expanduser(path))
-    if not os.path.exists(path):
+    remote = storage.is_remote(path)
+    path = os.fspath(path) if remote else os.fspath(os.path.expanduser(path))
+    if not (storage.path(path).exists() if remote else os.path.exists(path)):
         raise DataError(f"data.{field}: the file {path} does not exist.")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        # An object is read whole (numpy seeks around in a zip file).
+        source = io.BytesIO(storage.path(path).read_bytes()) if remote else path
+        with np.load(source, allow_pickle=False) as f:
             keys = sorted(f.files)
             missing = [k for k in ("image", label_key) if k not in keys]
             if missing:

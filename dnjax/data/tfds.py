@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from dnjax import storage
 from dnjax.data.base import DataError, Split, _as_labels
 
 log = logging.getLogger("dnjax")
@@ -49,8 +50,15 @@ def _check_data_dir(data_dir) -> None:
     if data_dir is None:
         return
     path = os.fspath(data_dir)
-    if "://" in path:  # gs://..., checked by tfds itself
-        return
+    if storage.is_remote(path):
+        # tfds finds the data set through etils.epath, but array_record's reader (C++) opens local
+        # files only: on a bucket it never returns.
+        raise DataError(
+            f"data.data_dir={path}: tfds data sources read array_record files, whose reader opens local "
+            f"files only. Copy the prepared data set to each host's disk (gcloud storage cp -r {path} "
+            "/data/tfds) and set data.data_dir to that directory; npz files (data.npz_train/npz_test) "
+            "can stay in the bucket."
+        )
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise DataError(

@@ -1,0 +1,252 @@
+"""Where files live: a local directory or an object store (``gs://``, ``s3://``), through one path
+type.
+
+Every path that comes from a flag or a config field (workdirs, ``init_from``, data files and
+directories, study roots, reports, the converter's output) goes through :func:`path`, which gives
+an ``etils.epath.Path``: the type orbax and tfds use, local or remote alike. ``pathlib.Path`` would
+silently turn ``gs://bucket/run`` into a local directory ``gs:/bucket/run``.
+
+An object store is not a file system: an object is written whole or not at all, and there is no
+append, no atomic rename (a move is a copy and a delete) and no lock. The writers here are built
+on what it does offer:
+
+* :func:`write_whole` writes a file in one piece (locally through a temporary file and a rename,
+  remotely as one object, which readers never see half-written);
+* :class:`Staged` keeps files that grow (the metrics log, TensorBoard events, profiles) in a
+  local directory and uploads each one whole at the run's sync points; for a local directory it
+  is that directory itself;
+* orbax writes checkpoints straight to the store (TensorStore speaks ``gs://``), marking each
+  complete step with a ``commit_success.txt`` where a file system would rename a temporary
+  directory;
+* the workdir lock is a lease object written with the store's create-if-absent precondition
+  (:mod:`dnjax.workdir`).
+
+:func:`check_available` runs before anything is written: a remote path whose client library,
+credentials or bucket is missing stops with one line naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path as LocalPath
+
+from etils import epath
+
+log = logging.getLogger("dnjax")
+
+# scheme -> (the fsspec backend epath needs, how to install it)
+BACKENDS = {
+    "gs": ("gcsfs", "pip install 'dnjax[gcs]' (gcsfs and google-cloud-storage)"),
+    "s3": ("s3fs", "pip install s3fs"),
+}
+
+# Listings of a bucket are not cached between calls: in a multi-process run another process
+# writes the checkpoints this one lists.
+try:
+    import fsspec.config
+
+    for _proto in ("gs", "gcs", "s3"):
+        fsspec.config.conf.setdefault(_proto, {}).setdefault("use_listings_cache", False)
+except ImportError:  # pragma: no cover - fsspec comes with etils[epath]
+    pass
+
+
+class StorageError(RuntimeError):
+    """A path cannot be used: its store's client, credentials or bucket are missing, or a write to
+    it failed. The message names the path and the fix."""
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def scheme(p) -> str | None:
+    """``'gs'`` for ``gs://bucket/x``; None for a local path."""
+    m = _SCHEME.match(os.fspath(p) if not isinstance(p, str) else p)
+    return m.group(1).lower() if m else None
+
+
+def is_remote(p) -> bool:
+    return scheme(p) is not None
+
+
+def path(p) -> epath.Path:
+    """The one path type: remote paths as they are, local ones absolute (``~`` expanded)."""
+    text = os.fspath(p) if not isinstance(p, str) else p
+    s = scheme(text)
+    if s is None:
+        return epath.Path(os.path.abspath(os.path.expanduser(text)))
+    if s not in BACKENDS:
+        raise StorageError(f"{text}: {s}:// is not supported; use a local path, gs:// or s3://")
+    return epath.Path(text)
+
+
+def local(p) -> LocalPath:
+    """A local path as ``pathlib.Path`` (for the calls that need a real file: flock, os.open)."""
+    if is_remote(p):
+        raise ValueError(f"{p} is not a local path")
+    return LocalPath(os.fspath(p))
+
+
+def bucket(p) -> str:
+    """``b`` of ``gs://b/x``."""
+    rest = _SCHEME.sub("", os.fspath(p) if not isinstance(p, str) else p)
+    return rest.split("/", 1)[0]
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def emulated() -> bool:
+    """Whether the Google Cloud Storage clients talk to an emulator (``STORAGE_EMULATOR_HOST``)."""
+    return bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+_checked: set[tuple[str, str]] = set()
+
+
+def check_available(p, what: str) -> None:
+    """Raises :class:`StorageError` unless the store of ``p`` can be used: its client library is
+    installed, there are credentials, and the bucket exists. ``what`` names the source of the
+    path in the message (``--workdir``, ``config.init_from``). Local paths pass unchecked."""
+    s = scheme(p)
+    if s is None:
+        return
+    text = os.fspath(p) if not isinstance(p, str) else p
+    if s not in BACKENDS:
+        raise StorageError(f"{what}={text}: {s}:// is not supported; use a local path, gs:// or s3://. "
+                           "Nothing was written.")
+    key = (s, bucket(text))
+    if key in _checked:
+        return
+    module, install = BACKENDS[s]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise StorageError(f"{what}={text}: {s}:// needs the {module} package, which is not installed: "
+                           f"{install}. Nothing was written.") from None
+    if s == "gs":
+        _check_gcs_credentials(text, what)
+    b = bucket(text)
+    if not b:
+        raise StorageError(f"{what}={text} names no bucket; write {s}://BUCKET/PATH. Nothing was written.")
+    try:
+        exists = epath.Path(f"{s}://{b}").exists()
+    except Exception as e:  # noqa: BLE001 - any failure to reach the store
+        raise StorageError(f"{what}={text}: cannot reach the bucket {s}://{b} ({one_line(e)}); check the "
+                           "network and the credentials. Nothing was written.") from None
+    if not exists:
+        make = f"gcloud storage buckets create gs://{b}" if s == "gs" else f"aws s3 mb s3://{b}"
+        raise StorageError(f"{what}={text}: the bucket {s}://{b} does not exist, or these credentials "
+                           f"cannot see it; create it ({make}) or name another. Nothing was written.")
+    _checked.add(key)
+
+
+def _check_gcs_credentials(text: str, what: str) -> None:
+    if emulated():
+        if not os.environ.get("TENSORSTORE_GCS_HTTP_URL"):
+            # Otherwise the logs would go to the emulator and the checkpoints (TensorStore) to GCS.
+            raise StorageError(
+                f"{what}={text}: STORAGE_EMULATOR_HOST is set but TENSORSTORE_GCS_HTTP_URL is not, so "
+                "checkpoints would not go to the same server as the logs; set TENSORSTORE_GCS_HTTP_URL="
+                f"{os.environ['STORAGE_EMULATOR_HOST']} (and GOOGLE_AUTH_TOKEN_FOR_TESTING). Nothing was written.")
+        return
+    try:
+        import google.auth
+        from google.auth import exceptions as auth_exceptions
+    except ImportError:
+        raise StorageError(f"{what}={text}: gs:// needs google-auth, which is not installed: "
+                           f"{BACKENDS['gs'][1]}. Nothing was written.") from None
+    try:
+        google.auth.default()
+    except auth_exceptions.DefaultCredentialsError:
+        raise StorageError(
+            f"{what}={text}: no Google Cloud credentials were found; on a workstation run `gcloud auth "
+            "application-default login`, elsewhere set GOOGLE_APPLICATION_CREDENTIALS to a service "
+            "account key (on Cloud TPU and GCE VMs the VM's service account is used). Nothing was written."
+        ) from None
+
+
+def write_whole(p: epath.Path, data: str | bytes) -> None:
+    """Writes ``p`` in one piece: a reader sees the old content or the new, never part of it."""
+    raw = data.encode() if isinstance(data, str) else data
+    if is_remote(p):
+        p.write_bytes(raw)  # an object becomes visible only once its upload is complete
+        return
+    target = local(p)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_bytes(raw)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Staged:
+    """Files of ``target`` that grow while a run writes them, on any store.
+
+    ``local`` is where they are written. For a local ``target`` it is ``target`` itself and
+    :meth:`sync` does nothing. For a remote one it is a fresh local directory, and :meth:`sync`
+    uploads every file changed since the last sync, each as a whole object (an object store has
+    no append). :meth:`fetch` brings an existing file down first, for a run that continues it.
+    """
+
+    def __init__(self, target):
+        self.target = path(target)
+        self.remote = is_remote(self.target)
+        if self.remote:
+            self.local = LocalPath(tempfile.mkdtemp(prefix="dnjax-staged-"))
+        else:
+            self.local = local(self.target)
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def fetch(self, name: str) -> None:
+        if not self.remote:
+            return
+        src = self.target / name
+        try:
+            data = src.read_bytes()
+        except FileNotFoundError:
+            return
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"Cannot read {src}: {one_line(e)}") from None
+        dst = self.local / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(data)
+        st = dst.stat()
+        self._sent[name] = (st.st_size, st.st_mtime_ns)
+
+    def sync(self) -> None:
+        if not self.remote:
+            return
+        for f in sorted(self.local.rglob("*")):
+            if not f.is_file():
+                continue
+            name = f.relative_to(self.local).as_posix()
+            st = f.stat()
+            if self._sent.get(name) == (st.st_size, st.st_mtime_ns):
+                continue
+            dst = self.target / name
+            try:
+                dst.write_bytes(f.read_bytes())
+            except Exception as e:  # noqa: BLE001 - the store refused or could not be reached
+                raise StorageError(f"Cannot upload {dst}: {one_line(e)}") from e
+            self._sent[name] = (st.st_size, st.st_mtime_ns)
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        finally:
+            if self.remote:
+                shutil.rmtree(self.local, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Drops the local copies without uploading (a run stopping on a storage error)."""
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
