@@ -62,9 +62,10 @@ def _check_row(row):
 
 
 def test_memory_study_compiles_both_modes(fast_compile):
-    from dnjax.benchmark import memory
+    from dnjax.benchmark import measure, memory
 
-    rows = memory.study([(10, 4)], batch=2, timed=set(), steps=1, log=lambda s: None)
+    base = measure.recipe(f"{ROOT}/{measure.RECIPE}")
+    rows = memory.study([(10, 4)], batch=2, timed=set(), steps=1, log=lambda s: None, base=base)
     assert [r["mode"] for r in rows] == ["naive", "efficient"]
     assert all(r["temp_mib"] > 0 and r["params"] > 0 for r in rows)
     assert rows[0]["params"] == rows[1]["params"]
@@ -86,12 +87,36 @@ def test_torch_reference_has_the_same_parameter_count(name):
 
 def test_torch_reference_trains_one_step():
     pytest.importorskip("torch")
-    from configs import cifar_densenet
     from dnjax.benchmark import measure
 
-    c = cifar_densenet.get_config()
-    c.model.name = "densenet_bc_tiny"
+    c = measure.with_model(measure.recipe(f"{ROOT}/{measure.RECIPE}"), "densenet_bc_tiny")
     c.batch_size = 2
     step = measure.torch_step(c)
     step.run()
     assert step.measurement.params == 5_466
+
+
+def test_one_table_for_measured_rows_and_saved_ones():
+    """Both commands print through one formatter, from a run's rows or from its saved JSON."""
+    import dataclasses
+
+    from dnjax.benchmark import measure, table
+
+    fast = measure.Measurement("jax", "densenet_bc100_k12", 256, "bfloat16", True, img_per_s=21_034.2,
+                               step_ms=12.171, step_ms_min=11.5, compile_s=61.26, step_mib=5_123.4, mfu=0.0351)
+    slow = measure.Measurement("torch (channels_last)", "densenet_bc100_k12", 256, "bfloat16", False,
+                               img_per_s=14_022.8, step_ms=18.256, step_ms_min=17.25)
+    text = table.format_table([fast, slow], table.GPU_COLUMNS)
+    assert text == table.format_table([dataclasses.asdict(fast), dataclasses.asdict(slow)], table.GPU_COLUMNS)
+    head, first, second = text.splitlines()
+    assert head.split() == ["framework", "model", "batch", "dtype", "mem-eff", "img/s", "step", "ms", "min", "ms",
+                            "compile", "s", "step", "MiB", "temp", "MiB", "MFU", "%"]
+    assert first.split() == ["jax", "densenet_bc100_k12", "256", "bfloat16", "True", "21034", "12.2", "11.5",
+                             "61.3", "5123", "-", "3.5"]
+    assert second.split()[-7:] == ["14023", "18.3", "17.2", "-", "-", "-", "-"]
+    q = table.speedup(fast, slow)
+    assert q == pytest.approx({"median": 21_034.2 / 14_022.8, "fastest": 17.25 / 11.5})
+    assert table.speedup(fast, dataclasses.replace(slow, img_per_s=None)) == {}
+    assert table.speedup_line(fast, slow) == (
+        "dnjax bfloat16 (memory_efficient=True) / torch (channels_last) bfloat16 (memory_efficient=False): "
+        "1.50x median step, 1.50x fastest step")

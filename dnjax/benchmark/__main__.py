@@ -22,6 +22,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from dnjax.benchmark import table
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar_densenet.py")
 _TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference (needs the torch extra).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per framework.")
@@ -42,36 +44,6 @@ _VARIANT = flags.DEFINE_multi_string(
     "with the default, e.g. xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT.",
 )
 flags.mark_flags_as_required(["config"])
-
-COLUMNS = (
-    ("framework", "framework", "{}"),
-    ("model", "model", "{}"),
-    ("batch", "batch", "{}"),
-    ("dtype", "dtype", "{}"),
-    ("mem-eff", "memory_efficient", "{}"),
-    ("img/s", "img_per_s", "{:.1f}"),
-    ("step ms", "step_ms", "{:.0f}"),
-    ("min ms", "step_ms_min", "{:.0f}"),
-    ("trace s", "lower_s", "{:.1f}"),
-    ("compile s", "compile_s", "{:.1f}"),
-    ("GFLOPs/img fwd", "model_gflops_per_img", "{:.3f}"),
-    ("GFLOPs/img step", "step_gflops_per_img", "{:.3f}"),
-    ("temp MiB", "temp_mib", "{:.0f}"),
-    ("peak MiB", "peak_mib", "{:.0f}"),
-    ("device", "device", "{}"),
-    ("date", "date", "{}"),
-    ("note", "note", "{}"),
-)
-
-
-def format_table(rows) -> str:
-    cells = [[h for h, _, _ in COLUMNS]]
-    for r in rows:
-        d = dataclasses.asdict(r)
-        cells.append(["-" if d[k] is None else f.format(d[k]) for _, k, f in COLUMNS])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
-
 
 def parse_options(items: list[str]) -> dict:
     options = {}
@@ -95,16 +67,7 @@ def _option_value(text: str):
 
 def ratios(rows) -> dict[str, float]:
     """JAX (first row) over PyTorch (last row) throughput, from the median and the fastest step."""
-    return ratio(rows[0], rows[-1]) if len(rows) > 1 and rows[-1].framework != rows[0].framework else {}
-
-
-def ratio(jax_row, torch_row) -> dict[str, float]:
-    if not torch_row.img_per_s:
-        return {}
-    return {
-        "median": jax_row.img_per_s / torch_row.img_per_s,
-        "fastest": torch_row.step_ms_min / jax_row.step_ms_min,
-    }
+    return table.speedup(rows[0], rows[-1]) if len(rows) > 1 and rows[-1].framework != rows[0].framework else {}
 
 
 def main(argv) -> int:
@@ -127,13 +90,12 @@ def main(argv) -> int:
             raise
         print(f"error: --variant_xla_option {options}: XLA refused it: {e}", file=sys.stderr)
         return 2
-    print(format_table(rows))
+    print(table.format_table(rows, table.CPU_COLUMNS))
     r = ratios(rows)
-    per_row = [ratio(row, rows[-1]) for row in rows[:-1]] if r else []
-    for row, q in zip(rows, per_row):
-        variant = f", {row.note}" if row.note else ""
-        print(f"dnjax (memory_efficient={row.memory_efficient}{variant}) / {rows[-1].framework} "
-              f"throughput: {q['median']:.2f}x (median step), {q['fastest']:.2f}x (fastest step)")
+    timed_against = rows[:-1] if r else []  # every JAX row against the PyTorch one
+    per_row = [table.speedup(row, rows[-1]) for row in timed_against]
+    for row in timed_against:
+        print(table.speedup_line(row, rows[-1]))
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump({"rows": [dataclasses.asdict(x) for x in rows], "ratio": r,

@@ -1,25 +1,97 @@
-"""Figures for reading GPU measurements: the chip's peak rates, model FLOP utilisation, the device
-memory of a compiled JAX step, and summaries of a profile and of an optimised HLO module.
+"""Figures for reading GPU measurements: which chip a run found and its datasheet figures, model
+FLOP utilisation, the device memory of a compiled JAX step, and summaries of a profile and of an
+optimised HLO module.
 
-Peak rates are the vendor's datasheet figures for dense (not sparse) arithmetic of the SXM parts:
-the H200 has the H100's tensor cores and clocks (its memory is larger and faster), so both share
-one table. float32 rows are measured with TF32 tensor-core arithmetic, which is what both XLA
-(default precision) and PyTorch (``torch.backends.cudnn.allow_tf32``, on by default) use for float32
-convolutions on these chips, so their utilisation is taken against the TF32 rate; the plain
-float32 rate (no tensor cores) is listed for completeness.
+Each chip is one entry, recognised by the exact ``device_kind`` strings the CUDA driver gives it
+(``jax.devices()[0].device_kind``): a PCIe or NVL card of the same name has other clocks, memory
+and power, so its figures would be wrong and it is reported as unknown (MFU left empty) rather
+than guessed from a substring. Peak rates are for dense (not 2:4 sparse) arithmetic. float32 rows
+are measured with TF32 tensor-core arithmetic, which is what both XLA (default precision) and
+PyTorch (``torch.backends.cudnn.allow_tf32``, on by default) use for float32 convolutions on these
+chips, so their utilisation is taken against the TF32 rate; the plain float32 rate (no tensor
+cores) is listed for completeness.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 from typing import Any
 
-# TFLOP/s, dense. NVIDIA H100/H200 SXM datasheets: BF16 989.4 (1,979 with 2:4 sparsity), TF32 494.7
-# (989 sparse), FP32 66.9.
-HOPPER_SXM = {"bfloat16": 989.4, "float16": 989.4, "tf32": 494.7, "float32": 66.9}
-PEAK_TFLOPS = {"H200": HOPPER_SXM, "H100": HOPPER_SXM}
-PEAK_SOURCE = "NVIDIA H100/H200 SXM datasheet, dense: bf16 989.4, tf32 494.7, fp32 66.9 TFLOP/s"
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One accelerator's datasheet figures."""
+
+    name: str
+    device_kinds: tuple[str, ...]  # as the driver spells them; compared without case
+    memory_gb: float  # decimal GB, as the datasheet gives it
+    memory_type: str
+    bandwidth_tb_s: float  # device memory bandwidth, TB/s
+    peak_tflops: dict[str, float]  # dense, by arithmetic: bfloat16, float16, tf32, float32
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# The H200 is the H100's GH100 die with the same SMs and clocks: the same arithmetic rates, with
+# more and faster memory.
+_HOPPER_SXM_TFLOPS = {"bfloat16": 989.4, "float16": 989.4, "tf32": 494.7, "float32": 66.9}
+H100_SXM = Chip(
+    name="NVIDIA H100 SXM5 80 GB",
+    device_kinds=("NVIDIA H100 80GB HBM3",),
+    memory_gb=80.0, memory_type="HBM3", bandwidth_tb_s=3.35,
+    peak_tflops=_HOPPER_SXM_TFLOPS,
+    source="NVIDIA H100 Tensor Core GPU datasheet and architecture whitepaper, H100 SXM5: dense "
+           "bf16/fp16 989.4, tf32 494.7, fp32 66.9 TFLOP/s (the datasheet's 1,979 and 989 are with "
+           "2:4 sparsity); 80 GB HBM3 at 3.35 TB/s",
+)
+H200_SXM = Chip(
+    name="NVIDIA H200 SXM 141 GB",
+    device_kinds=("NVIDIA H200",),
+    memory_gb=141.0, memory_type="HBM3e", bandwidth_tb_s=4.8,
+    peak_tflops=_HOPPER_SXM_TFLOPS,
+    source="NVIDIA H200 Tensor Core GPU datasheet, H200 SXM: bf16/fp16 1,979 and tf32 989 TFLOP/s "
+           "with 2:4 sparsity, fp32 67; dense rates are half the sparse ones, taken at the H100 "
+           "SXM5 whitepaper's precision (989.4, 494.7, 66.9: same die and clocks); 141 GB HBM3e at "
+           "4.8 TB/s",
+)
+CHIPS = (H100_SXM, H200_SXM)
+
+
+def lookup(device_kind: str) -> Chip | None:
+    """The chip whose driver name is ``device_kind`` (case and surrounding blanks aside), or None."""
+    kind = " ".join(device_kind.split()).lower()
+    return next((c for c in CHIPS if kind in (k.lower() for k in c.device_kinds)), None)
+
+
+def describe(device_kind: str, memory_limit_bytes: int | None = None) -> str:
+    """One line naming the device, its memory, peak rates and bandwidth, and their source; for a
+    device with no entry, that it is unknown and MFU stays empty."""
+    chip = lookup(device_kind)
+    seen = f"; JAX may allocate {memory_limit_bytes / 2**30:.1f} GiB" if memory_limit_bytes else ""
+    if chip is None:
+        known = ", ".join(repr(k) for c in CHIPS for k in c.device_kinds)
+        return (f"accelerator: {device_kind!r} has no datasheet entry (known: {known}): MFU left "
+                f"empty{seen}")
+    p = chip.peak_tflops
+    return (f"accelerator: {chip.name} ({device_kind!r}): {chip.memory_gb:g} GB {chip.memory_type} at "
+            f"{chip.bandwidth_tb_s:g} TB/s{seen}; dense peaks bf16 {p['bfloat16']:g}, tf32 "
+            f"{p['tf32']:g}, fp32 {p['float32']:g} TFLOP/s; source: {chip.source}")
+
+
+def record(device_kind: str, memory_limit_bytes: int | None = None) -> dict[str, Any]:
+    """What a report stores of the device: its name as the driver gives it and, for a known chip,
+    the datasheet figures the MFU column is taken against."""
+    chip = lookup(device_kind)
+    out: dict[str, Any] = {"device_kind": device_kind, "known": chip is not None,
+                           "jax_memory_limit_bytes": memory_limit_bytes}
+    if chip is not None:
+        out.update(chip.to_json())
+    return out
+
 
 # Forward, backward with respect to the inputs, backward with respect to the weights: the usual
 # 3x the forward pass for a train step's model FLOPs (recomputation is not counted).
@@ -30,12 +102,11 @@ def peak_tflops(device_kind: str, dtype: str) -> tuple[float | None, str]:
     """(peak TFLOP/s, which rate) of a chip for a train step in ``dtype``; (None, '') if unknown.
 
     float32 maps to the TF32 tensor-core rate (see the module docstring)."""
-    for name, table in PEAK_TFLOPS.items():
-        if name.lower() in device_kind.lower():
-            rate = "tf32" if dtype == "float32" else dtype
-            if rate in table:
-                return table[rate], f"{name} {rate}"
-    return None, ""
+    chip = lookup(device_kind)
+    rate = "tf32" if dtype == "float32" else dtype
+    if chip is None or rate not in chip.peak_tflops:
+        return None, ""
+    return chip.peak_tflops[rate], f"{chip.name} {rate}"
 
 
 def model_flop_utilisation(model_gflops_per_img: float | None, img_per_s: float | None,

@@ -37,6 +37,41 @@ from dnjax import config_lib, models, sharding, train
 from dnjax.benchmark import accelerator
 from dnjax.models import summary
 
+# The recipe whose optimizer, data settings and dtype the benchmarks' steps use unless told
+# otherwise: DenseNet-BC-100 k=12 on C10+ (SGD, Nesterov momentum 0.9, weight decay 1e-4). A
+# config-file spec, PATH[:ARG] as ``--config`` takes it, PATH relative to the current directory
+# (the library never imports configs/, so the benchmarks are pointed at the file).
+RECIPE = "configs/cifar_densenet.py:densenet_bc100_k12,c10+"
+
+
+def recipe(spec: str = RECIPE) -> ml_collections.ConfigDict:
+    """The config of a config-file spec; ConfigError naming the spec and the fix if it is not one."""
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path):
+        raise config_lib.ConfigError(
+            f"--config={spec}: {path} is not a file; run from the repository root or give the path "
+            f"of the config file, e.g. --config=/path/to/dnjax/{RECIPE}")
+    return config_lib.load_config_file(spec)
+
+
+# The model fields a recipe sets for its data set rather than for its network (C10 and C100:
+# dropout 0.2; with augmentation: none).
+DATASET_MODEL_FIELDS = ("dropout_rate",)
+
+
+def with_model(config: ml_collections.ConfigDict, name: str, **fields: Any) -> ml_collections.ConfigDict:
+    """A copy of ``config`` that trains zoo network ``name`` with ``fields`` set.
+
+    For the recipe's own network every model field of the recipe is kept; for another one only
+    those of ``DATASET_MODEL_FIELDS`` that it has (a ResNet has no dropout), so no architecture
+    field of the recipe's network (a depth, a growth rate) carries over to a different one."""
+    c = config.copy_and_resolve_references()
+    valid = models.field_types(name)
+    carried = [k for k in c.model if k != "name"] if name == c.model.name else DATASET_MODEL_FIELDS
+    kept = {k: c.model[k] for k in carried if k in valid and c.model.get(k) is not None}
+    c.model = ml_collections.ConfigDict({"name": name, **kept, **fields})
+    return c
+
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
     """The class count of the config's data set, for the synthetic labels."""

@@ -1,7 +1,8 @@
 """Memory versus depth: DenseNet-BC train steps, naive and memory-efficient, compiled side by side.
 
     python -m dnjax.benchmark.memory [--depths 40 100 160 250] [--bc190] [--batch 64] \
-        [--time 40 100] [--steps 5] [--out docs/results/memory_vs_depth]
+        [--time 40 100] [--steps 5] [--out docs/results/memory_vs_depth] \
+        [--config configs/cifar_densenet.py:densenet_bc100_k12,c10+]
 
 For DenseNet-BC k=12 at each depth (and DenseNet-BC-190 k=40 with ``--bc190``) the trainer's step is
 compiled from abstract values twice and its temporary memory read from XLA's memory analysis, so
@@ -10,8 +11,9 @@ no large model has to run:
 * ``naive``: every layer's concatenation and normalised input are kept for the backward pass;
 * ``efficient``: ``memory_efficient=True`` (a feature buffer per block; the backward pass rebuilds the normalised inputs and accumulates gradients in place).
 
-Step time is measured, with the modes alternating, for the depths given to ``--time``. Writes
-``OUT.json`` and a plot ``OUT.png``.
+Step time is measured, with the modes alternating, for the depths given to ``--time``. The
+optimizer and dtype are those of the ``--config`` recipe (C10+ by default). Writes ``OUT.json``
+and a plot ``OUT.png``.
 """
 
 from __future__ import annotations
@@ -21,34 +23,34 @@ import json
 import sys
 from pathlib import Path
 
-from dnjax import recipes
+from dnjax import config_lib
 from dnjax.benchmark import measure
 
 MODES = ("naive", "efficient")
 
 
-def config_for(depth: int, growth_rate: int, batch: int, mode: str):
-    c = recipes.cifar_densenet()
-    c.batch_size = batch
+def config_for(base, depth: int, growth_rate: int, batch: int, mode: str):
+    """``base``'s recipe for DenseNet-BC of this depth and growth rate in this memory mode."""
+    efficient = mode != "naive"
     if (depth, growth_rate) == (190, 40):
-        c.model.name = "densenet_bc190_k40"
+        c = measure.with_model(base, "densenet_bc190_k40", memory_efficient=efficient)
     else:
-        c.model.name = "densenet_cifar"
-        c.model.depth = depth
-        c.model.growth_rate = growth_rate
-        c.model.bottleneck = True
-        c.model.compression = 0.5
-    c.model.memory_efficient = mode != "naive"
+        c = measure.with_model(base, "densenet_cifar", depth=depth, growth_rate=growth_rate,
+                               bottleneck=True, compression=0.5, memory_efficient=efficient)
+    c.batch_size = batch
     return c
 
 
 def study(nets: list[tuple[int, int]], batch: int, timed: set[tuple[int, int]], steps: int,
-          modes=MODES, log=print) -> list[dict]:
+          modes=MODES, log=print, base=None) -> list[dict]:
+    """Rows of ``nets`` (depth, growth rate) in each mode; ``base`` is the recipe (default:
+    ``measure.RECIPE``)."""
+    base = measure.recipe() if base is None else base
     rows = []
     for depth, k in nets:
         steps_by_mode = {}
         for mode in modes:
-            cfg = config_for(depth, k, batch, mode)
+            cfg = config_for(base, depth, k, batch, mode)
             js = measure.jax_step(cfg, compile_only=(depth, k) not in timed)
             m = js.measurement
             row = {
@@ -138,11 +140,18 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     p.add_argument("--out", default="docs/results/memory_vs_depth", help="path without extension")
+    p.add_argument("--config", default=measure.RECIPE,
+                   help="config-file spec PATH[:ARG] of the recipe (optimizer, dtype) the steps use")
     args = p.parse_args(argv)
+    try:
+        base = measure.recipe(args.config)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     nets = [(d, args.growth_rate) for d in args.depths] + ([(190, 40)] if args.bc190 else [])
     timed = {(d, args.growth_rate) for d in args.time}
     rows = study(nets, args.batch, timed, args.steps, modes=args.modes,
-                 log=lambda s: print(s, flush=True))
+                 log=lambda s: print(s, flush=True), base=base)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))

@@ -1,7 +1,17 @@
 """The GPU measurements of ``benchmarks/gpu.sh``, all in one process within one time budget.
 
-    python3 benchmarks/gpu.py --out DIR [--budget 400] [--data .gpudata] [--train_seconds 120]
-    python3 benchmarks/gpu.py --dry_run --out DIR     # any machine, CPU too: tiny stand-ins
+    python3 -m dnjax.benchmark.gpu --out DIR [--budget 400] [--data .gpudata] [--train_seconds 120] \
+        [--config configs/cifar_densenet.py:densenet_bc100_k12,c10+]
+    python3 -m dnjax.benchmark.gpu --dry_run --out DIR     # any machine, CPU too: tiny stand-ins
+
+``benchmarks/gpu.sh`` runs ``dnjax.benchmark.gpu_check`` (the stack: versions, device, imports)
+and then this, with a hard stop a little after the budget.
+
+The run starts by naming the device it found, with the datasheet figures its MFU column uses
+(``dnjax.benchmark.accelerator``: an H100 SXM or an H200; any other device is named as unknown and
+its MFU left empty). The rows' optimizer and data settings come from the ``--config`` recipe
+(C10+ by default; its path is relative to the current directory, the repository root under
+gpu.sh). What runs, in which order and within what estimates is ``gpu_plan``.
 
 Work runs in order of importance and each piece starts only if its estimated time still fits the
 budget (estimates are corrected by the compile times seen so far), so a short budget cuts the least
@@ -50,15 +60,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import cifar_densenet  # noqa: E402
-from dnjax.benchmark import accelerator, measure  # noqa: E402
+from dnjax import config_lib
+from dnjax.benchmark import accelerator, gpu_check, measure, table
+from dnjax.benchmark.gpu_plan import PLAN, PRIOR_EAGER_FIRST, PRIOR_STEP, TRAIN, Budget, Group, make_config
 
 GOAL_SPEEDUP_EAGER = 1.5  # dnjax bf16 batch 256 BC-100 over PyTorch eager
 GOAL_SPEEDUP_COMPILE = 1.0  # ... over torch.compile
@@ -68,124 +75,8 @@ ACCURACY_TARGETS = (50.0, 60.0, 70.0, 80.0)  # test accuracy (%) whose time-to i
 STATED_ACCURACY = 70.0
 
 
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """Rows measured side by side: dnjax in each memory mode, then PyTorch variants."""
-
-    key: str
-    title: str
-    model: str
-    batch: int
-    dtypes: tuple[str, ...]
-    jax_modes: tuple[bool, ...] = (False, True)  # memory_efficient of each dnjax row
-    torch: tuple[tuple[str, bool], ...] = (("eager", False),)  # (eager | compile, memory_efficient)
-    profile: str = ""  # 'all': HLO, jax trace and PyTorch profile of the rows; 'torch': PyTorch's only
-    compile_threads: int = 0  # > 1: compile the dnjax steps at once (0: --compile_threads)
-
-
-TRAIN = "train"
-PLAN: tuple[Group | str, ...] = (
-    Group("bc100_b256_bf16", "DenseNet-BC-100 k=12, batch 256, bfloat16", "densenet_bc100_k12", 256,
-          ("bfloat16",), profile="all"),
-    # The two largest compiles of the run, done at once: both modes see the same autotuning
-    # conditions, and neither the memory figures nor their ratio depend on the algorithms picked.
-    Group("bc190_b64_fp32", "DenseNet-BC-190 k=40, batch 64, float32", "densenet_bc190_k40", 64,
-          ("float32",), torch=(("eager", False), ("eager", True)), compile_threads=2),
-    # torch.compile's compile time is the least predictable: after the rows above, re-timing the
-    # compiled dnjax steps (no new compile) beside it.
-    Group("bc100_b256_bf16_compile", "DenseNet-BC-100 k=12, batch 256, bfloat16, with torch.compile",
-          "densenet_bc100_k12", 256, ("bfloat16",), torch=(("eager", False), ("compile", False)),
-          profile="torch"),
-    TRAIN,
-    Group("bc100_b64_bf16", "DenseNet-BC-100 k=12, batch 64, bfloat16", "densenet_bc100_k12", 64,
-          ("bfloat16",)),
-    Group("bc100_b256_fp32", "DenseNet-BC-100 k=12, batch 256, float32", "densenet_bc100_k12", 256,
-          ("float32",)),
-    Group("bc100_b64_fp32", "DenseNet-BC-100 k=12, batch 64, float32", "densenet_bc100_k12", 64,
-          ("float32",)),
-    Group("resnet164_b128", "pre-activation ResNet-164, batch 128, bfloat16 and float32",
-          "preact_resnet164", 128, ("bfloat16", "float32"), jax_modes=(False,)),
-    Group("bc190_b64_bf16", "DenseNet-BC-190 k=40, batch 64, bfloat16", "densenet_bc190_k40", 64,
-          ("bfloat16",), torch=(("eager", False), ("eager", True))),
-    Group("bc100_b64_bf16_compile", "DenseNet-BC-100 k=12, batch 64, bfloat16, with torch.compile",
-          "densenet_bc100_k12", 64, ("bfloat16",), jax_modes=(False,), torch=(("compile", False),)),
-)
-
-# Seconds, before anything is seen on the machine (an H100/H200-class GPU): a cold XLA compile of
-# the train step (autotuning included), torch.compile's first step, an eager first step, one step.
-PRIOR_JAX_COMPILE = {"densenet_bc100_k12": 60.0, "densenet_bc190_k40": 120.0, "preact_resnet164": 45.0}
-PRIOR_TORCH_COMPILE = {"densenet_bc100_k12": 120.0, "densenet_bc190_k40": 240.0, "preact_resnet164": 90.0}
-PRIOR_EAGER_FIRST = 10.0
-PRIOR_STEP = {"densenet_bc100_k12": 0.05, "densenet_bc190_k40": 0.3, "preact_resnet164": 0.05}
-
-# --dry_run: tiny stand-ins of the same families, so every code path runs in seconds on a CPU.
-DRY_MODELS = {
-    "densenet_bc100_k12": ("densenet_bc_tiny", {}),
-    "densenet_bc190_k40": ("densenet_cifar", dict(depth=16, growth_rate=4, bottleneck=True, compression=0.5)),
-    "preact_resnet164": ("preact_resnet_tiny", {}),
-}
-DRY_BATCH = {256: 8, 128: 8, 64: 4}
-DRY_PRIOR_COMPILE = 10.0
-
-
 def log(msg: str = "") -> None:
     print(msg, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Configs
-
-
-def make_config(model: str, batch: int, dtype: str, memory_efficient: bool, dry: bool):
-    c = cifar_densenet.get_config()  # C10+ recipe: SGD, Nesterov momentum 0.9, weight decay 1e-4
-    name, fields = DRY_MODELS[model] if dry else (model, {})
-    c.model.name = name
-    for k, v in fields.items():
-        setattr(c.model, k, v)
-    c.batch_size = DRY_BATCH.get(batch, batch) if dry else batch
-    c.dtype = dtype
-    if name.startswith("densenet"):
-        c.model.memory_efficient = memory_efficient
-    else:  # the DenseNet recipe's dropout field is no ResNet field
-        c.model.dropout_rate = None
-    return c
-
-
-# --------------------------------------------------------------------------------------------
-# Budget
-
-
-class Budget:
-    """Wall-clock budget of the whole run, and estimates of what a piece of work will take, from
-    priors scaled by what the compiles seen so far took against theirs."""
-
-    def __init__(self, seconds: float, dry: bool):
-        self.start = time.perf_counter()
-        self.seconds = seconds
-        self.dry = dry
-        self.seen: dict[tuple[str, str], float] = {}  # (kind, model) -> seconds
-        self.step_s: dict[tuple[str, str, int, str, bool], float] = {}
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def left(self) -> float:
-        return self.seconds - self.elapsed()
-
-    def record(self, kind: str, model: str, seconds: float) -> None:
-        self.seen[(kind, model)] = max(seconds, self.seen.get((kind, model), 0.0))
-
-    def _prior(self, kind: str, model: str) -> float:
-        if self.dry:
-            return DRY_PRIOR_COMPILE
-        table = PRIOR_JAX_COMPILE if kind == "jax" else PRIOR_TORCH_COMPILE
-        return table.get(model, 60.0)
-
-    def estimate(self, kind: str, model: str) -> float:
-        if (kind, model) in self.seen:
-            return self.seen[(kind, model)]
-        scales = [s / self._prior(k, m) for (k, m), s in self.seen.items() if k == kind]
-        return self._prior(kind, model) * (statistics.median(scales) if scales else 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +84,11 @@ class Budget:
 
 
 class Bench:
-    def __init__(self, args, out: Path):
+    """The run's state: the compiled dnjax steps (reused by later pieces), the budget, the report."""
+
+    def __init__(self, args, out: Path, recipe):
         self.args = args
+        self.recipe = recipe
         self.dry = args.dry_run
         self.out = out
         self.budget = Budget(args.budget, self.dry)
@@ -256,13 +150,13 @@ class Bench:
     def jax_step(self, g: Group, dtype: str, me: bool) -> measure.JaxStep:
         key = (g.model, g.batch, dtype, me)
         if key not in self.jax_cache:
-            js = measure.jax_step(make_config(g.model, g.batch, dtype, me, self.dry))
+            js = measure.jax_step(make_config(self.recipe, g.model, g.batch, dtype, me, self.dry))
             self.budget.record("jax", g.model, js.measurement.lower_s + js.measurement.compile_s)
             self.jax_cache[key] = js
         return self.jax_cache[key]
 
     def torch_step(self, g: Group, dtype: str, variant: str, me: bool):
-        cfg = make_config(g.model, g.batch, dtype, me, self.dry)
+        cfg = make_config(self.recipe, g.model, g.batch, dtype, me, self.dry)
         ts = measure.torch_step(cfg, compile=variant == "compile")
         ts.measurement.memory_efficient = me
         t0 = time.perf_counter()
@@ -289,8 +183,7 @@ class Bench:
                     f.result().measurement.note = f"compiled alongside {len(missing) - 1} other(s)"
         for dtype in g.dtypes:
             for me in g.jax_modes:
-                cached = (g.model, g.batch, dtype, me) in self.jax_cache and not missing_compiled(
-                    missing, dtype, me)
+                cached = (g.model, g.batch, dtype, me) in self.jax_cache and (dtype, me) not in missing
                 try:
                     js = self.jax_step(g, dtype, me)
                 except Exception as e:  # noqa: BLE001 - recorded, the other rows go on
@@ -336,8 +229,8 @@ class Bench:
                 row.model_gflops_per_img = _model_gflops(row, rows)
         result = {"key": g.key, "title": g.title, "status": "done" if rows else "error", "rows": [dataclasses.asdict(r) for r in rows],
                   "ratios": _ratios(rows), "errors": errors}
-        log(format_rows(rows))
-        for line in _ratio_lines(result["ratios"]):
+        log(table.format_table(rows, table.GPU_COLUMNS))
+        for line in ratio_lines(rows):
             log("  " + line)
         if g.profile:
             try:
@@ -408,7 +301,7 @@ class Bench:
         for p in (npz_train, npz_test):
             if not p.is_file():
                 raise FileNotFoundError(f"{p} is missing: run benchmarks/gpu_prepare.sh --data DIR first")
-        c = make_config("densenet_bc100_k12", 64, self.args.train_dtype, False, self.dry)
+        c = make_config(self.recipe, "densenet_bc100_k12", 64, self.args.train_dtype, False, self.dry)
         c.data.dataset = "npz"
         c.data.npz_train = str(npz_train)
         c.data.npz_test = str(npz_test)
@@ -429,7 +322,7 @@ class Bench:
         c.eval_every_epochs = 1.0
         workdir = Path(tempfile.mkdtemp(prefix="dnjax-gpu-train-"))
         command = (
-            f"python -m dnjax.main --config=configs/cifar_densenet.py:densenet_bc100_k12,c10+ --workdir=WORKDIR "
+            f"python -m dnjax.main --config={self.args.config} --workdir=WORKDIR "
             f"--config.data.dataset=npz --config.data.npz_train={npz_train} --config.data.npz_test={npz_test} "
             f"--config.dtype={c.dtype} --config.num_epochs={epochs} --config.checkpoint_every_epochs={epochs} "
             f"--config.progress_bar=False --config.compilation_cache_dir="
@@ -518,11 +411,6 @@ def _model_gflops(row, rows) -> float | None:
     return same[0] if same else None
 
 
-def missing_compiled(missing, dtype, me) -> bool:
-    """Whether this row's step was compiled for this piece (not for an earlier one)."""
-    return (dtype, me) in missing
-
-
 def _release_torch_cache() -> None:
     """Hands PyTorch's cached blocks of finished pieces back to the device, for JAX's later steps."""
     torch = sys.modules.get("torch")
@@ -555,57 +443,24 @@ def _torch_profile(ts, steps: int) -> str:
     return avg.table(row_limit=25)
 
 
+def _pairs(rows) -> list[tuple[Any, Any]]:
+    """(dnjax row, PyTorch row) of the same dtype, each row timed."""
+    get = lambda r, k: r[k] if isinstance(r, dict) else getattr(r, k)
+    return [(j, t) for j in rows if get(j, "framework") == "jax" and get(j, "img_per_s")
+            for t in rows if get(t, "framework") != "jax" and get(t, "dtype") == get(j, "dtype")
+            and get(t, "img_per_s")]
+
+
 def _ratios(rows) -> list[dict[str, Any]]:
     """Each dnjax row over each PyTorch row of the same dtype: throughput of the median and of the
     fastest step."""
-    out = []
-    for j in rows:
-        if j.framework != "jax" or not j.img_per_s:
-            continue
-        for t in rows:
-            if t.framework == "jax" or t.dtype != j.dtype or not t.img_per_s:
-                continue
-            out.append({
-                "jax_memory_efficient": j.memory_efficient, "torch": t.framework,
-                "torch_memory_efficient": t.memory_efficient, "dtype": j.dtype,
-                "median": j.img_per_s / t.img_per_s, "fastest": t.step_ms_min / j.step_ms_min,
-            })
-    return out
+    return [{"jax_memory_efficient": j.memory_efficient, "torch": t.framework,
+             "torch_memory_efficient": t.memory_efficient, "dtype": j.dtype, **table.speedup(j, t)}
+            for j, t in _pairs(rows)]
 
 
-def _ratio_lines(ratios) -> list[str]:
-    return [f"dnjax {r['dtype']} (memory_efficient={r['jax_memory_efficient']}) / {r['torch']} "
-            f"(memory_efficient={r['torch_memory_efficient']}): {r['median']:.2f}x median, "
-            f"{r['fastest']:.2f}x fastest step" for r in ratios]
-
-
-COLUMNS = (
-    ("framework", "framework", "{}"),
-    ("model", "model", "{}"),
-    ("batch", "batch", "{}"),
-    ("dtype", "dtype", "{}"),
-    ("mem-eff", "memory_efficient", "{}"),
-    ("img/s", "img_per_s", "{:.0f}"),
-    ("step ms", "step_ms", "{:.2f}"),
-    ("min ms", "step_ms_min", "{:.2f}"),
-    ("compile s", "compile_s", "{:.1f}"),
-    ("step MiB", "step_mib", "{:.0f}"),
-    ("temp MiB", "temp_mib", "{:.0f}"),
-    ("MFU %", "mfu", "{:.1%}"),
-)
-
-
-def format_rows(rows) -> str:
-    cells = [[h for h, _, _ in COLUMNS]]
-    for r in rows:
-        d = r if isinstance(r, dict) else dataclasses.asdict(r)
-        line = []
-        for _, k, f in COLUMNS:
-            v = d.get(k)
-            line.append("-" if v is None else (f.format(v).rstrip("%") if k == "mfu" else f.format(v)))
-        cells.append(line)
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+def ratio_lines(rows) -> list[str]:
+    return [table.speedup_line(j, t) for j, t in _pairs(rows)]
 
 
 def training_summary(records: list[dict[str, Any]], targets=ACCURACY_TARGETS) -> dict[str, Any]:
@@ -668,27 +523,19 @@ def goals(groups: list[dict[str, Any]]) -> dict[str, Any]:
 def _goal(jax_row, torch_row, target: float) -> dict[str, Any]:
     if torch_row is None:
         return {"value": None, "target": f">= {target}", "met": None, "note": "no PyTorch row"}
-    v = jax_row["img_per_s"] / torch_row["img_per_s"]
-    return {"value": v, "fastest": torch_row["step_ms_min"] / jax_row["step_ms_min"],
-            "target": f">= {target}", "met": v >= target,
-            "jax_memory_efficient": jax_row["memory_efficient"]}
+    q = table.speedup(jax_row, torch_row)
+    return {"value": q["median"], "fastest": q["fastest"], "target": f">= {target}",
+            "met": q["median"] >= target, "jax_memory_efficient": jax_row["memory_efficient"]}
 
 
 def environment() -> dict[str, Any]:
-    import importlib.metadata as md
-
     env: dict[str, Any] = {"python": sys.version.split()[0], "jax_backend": jax.default_backend(),
                            "devices": [str(d) for d in jax.devices()],
                            "device_kind": jax.devices()[0].device_kind,
                            "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
                            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
                            "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "")}
-    for pkg in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax",
-                "orbax-checkpoint", "numpy", "ml-collections", "tensorboardX", "torch", "triton"):
-        try:
-            env[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
+    env.update({pkg: v for pkg, v in gpu_check.versions().items() if v is not None})
     if "torch" in sys.modules:
         import torch
 
@@ -719,7 +566,16 @@ def main(argv=None) -> int:
                         "XLA's autotuning then shares the GPU)")
     p.add_argument("--dry_run", action="store_true",
                    help="tiny stand-in networks and sizes, any backend: rehearses every code path")
+    p.add_argument("--config", default=measure.RECIPE,
+                   help="config-file spec PATH[:ARG] of the recipe (optimizer, data settings) of every "
+                        "row and of the training run; PATH relative to the current directory")
     args = p.parse_args(argv)
+    try:
+        recipe = measure.recipe(args.config)
+        config_lib.validate(recipe)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.dry_run:
         args.steps, args.warmup = min(args.steps, 2), min(args.warmup, 1)
         args.train_seconds = min(args.train_seconds, 30.0)
@@ -737,15 +593,15 @@ def main(argv=None) -> int:
         print(f"error: --only {sorted(only - known)}: unknown; choose from {sorted(known)}", file=sys.stderr)
         return 2
 
-    bench = Bench(args, out)
+    bench = Bench(args, out, recipe)
+    device_line, device_record = gpu_check.device()
     report = bench.report
     report.update({
         "what": "dnjax and PyTorch train steps side by side in one process; a short training run",
         "device": measure.device_name(), "date": measure.today(), "dry_run": args.dry_run,
         "argv": sys.argv[1:], "budget_s": args.budget, "steps": args.steps, "warmup": args.warmup,
-        "peak_source": accelerator.PEAK_SOURCE,
-        "peaks_tflops": accelerator.PEAK_TFLOPS.get(
-            next((k for k in accelerator.PEAK_TFLOPS if k.lower() in bench.device_kind.lower()), ""), {}),
+        "config": args.config, "accelerator": device_record,
+        "peak_source": device_record.get("source"), "peaks_tflops": device_record.get("peak_tflops", {}),
         "goals_targets": {"speedup_vs_eager": GOAL_SPEEDUP_EAGER, "speedup_vs_compile": GOAL_SPEEDUP_COMPILE,
                           "memory_fraction": GOAL_MEMORY_FRACTION, "time_overhead": GOAL_TIME_OVERHEAD},
         "groups": [], "training": None, "skipped": [],
@@ -761,6 +617,7 @@ def main(argv=None) -> int:
         os.replace(tmp, json_path)
 
     log(f"device: {report['device']}; budget {args.budget:.0f} s")
+    log(device_line)
     try:
         report["ceilings"] = bench.ceilings()
         log("measured: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
@@ -822,10 +679,13 @@ def main(argv=None) -> int:
 def print_summary(report: dict[str, Any]) -> None:
     rows = [r for g in report["groups"] for r in g.get("rows", [])]
     log("\n======== summary: " + report["device"] + ", " + report["date"])
+    if report.get("accelerator"):
+        log(accelerator.describe(report["accelerator"]["device_kind"],
+                                 report["accelerator"].get("jax_memory_limit_bytes")))
     if rows:
-        log(format_rows(rows))
+        log(table.format_table(rows, table.GPU_COLUMNS))
     for g in report["groups"]:
-        for line in _ratio_lines(g.get("ratios", [])):
+        for line in ratio_lines(g.get("rows", [])):
             log(f"{g['key']}: {line}")
         for err in g.get("errors", []) + ([g["error"]] if g.get("error") else []):
             log(f"{g['key']}: error: {err}")
@@ -836,9 +696,10 @@ def print_summary(report: dict[str, Any]) -> None:
             log(f"goal {name}: {v['value']:.3f} (target {v['target']}): {'met' if v['met'] else 'MISSED'}")
     t = report.get("training")
     if t and t.get("status") != "error":
+        reached = t["time_to_stated_accuracy_s"]
         log(f"training: {t['status']}, {len(t['epochs'])} epochs in {t['wall_s']:.0f} s, best test error "
-            f"{t['best_test_error']}%, {t['stated_accuracy']:g}% accuracy at "
-            f"{t['time_to_stated_accuracy_s'] if t['time_to_stated_accuracy_s'] is None else round(t['time_to_stated_accuracy_s'])} s")
+            f"{t['best_test_error']}%, {t['stated_accuracy']:g}% accuracy "
+            + ("not reached" if reached is None else f"at {reached:.0f} s"))
     elif t:
         log(f"training: error: {t['error']}")
     if report["skipped"]:
