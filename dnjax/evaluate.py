@@ -24,7 +24,8 @@ flags.mark_flag_as_required("workdir")
 def evaluate_workdir(workdir, which: str = "latest", step: int | None = None) -> dict:
     """Builds the run's setup (data, model, steps; no trainer, nothing written) and evaluates a
     checkpoint on the whole test split."""
-    from dnjax import checkpointing, config_lib, storage, train
+    from dnjax import config_lib, storage, train
+    from dnjax.runtime import checkpoints as checkpointing
 
     storage.check_available(workdir, "--workdir")
     config = config_lib.load_run_config(workdir)

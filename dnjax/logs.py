@@ -167,7 +167,7 @@ def quiet_libraries(verbose: bool = False, progress: bool = False) -> None:
     for name in ("gcsfs", "google.auth"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
-        from dnjax.workdir import StorageErrorEcho
+        from dnjax.runtime.workdir import StorageErrorEcho
 
         echo = StorageErrorEcho()
         for name in ("absl", "asyncio"):

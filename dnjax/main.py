@@ -95,14 +95,16 @@ def main(argv):
 
     from dnjax import config_lib, train
     from dnjax.data import DataError
-    from dnjax.workdir import WorkdirError
+    from dnjax.runtime import PREEMPTED_EXIT_CODE
+    from dnjax.runtime.checkpoints import CheckpointError
+    from dnjax.runtime.workdir import WorkdirError
 
     try:
         result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ACCEPT.value, _LEASE.value)
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (train.checkpointing.CheckpointError, WorkdirError) as e:
+    except (CheckpointError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         # Exit without the interpreter's shutdown: orbax's reads of a damaged checkpoint, or its
         # saves to a full disk, leave tasks that would report themselves after this line.
@@ -128,7 +130,7 @@ def main(argv):
         sys.stderr.flush()
         os._exit(LOST_PROCESS_EXIT_CODE)
     if result.status == "preempted":
-        return train.PREEMPTED_EXIT_CODE
+        return PREEMPTED_EXIT_CODE
     if result.status == "halted":
         return 0
     m = result.metrics

@@ -19,7 +19,7 @@ on what it does offer:
   complete step with a ``commit_success.txt`` where a file system would rename a temporary
   directory;
 * the workdir lock is a lease object written with the store's create-if-absent precondition
-  (:mod:`dnjax.workdir`).
+  (:mod:`dnjax.runtime.workdir`).
 
 :func:`check_available` runs before anything is written: a remote path whose client library,
 credentials or bucket is missing stops with one line naming the path and the fix.

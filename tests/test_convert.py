@@ -365,7 +365,7 @@ def source_run(tmp_path_factory):
     jax.config.update("jax_disable_most_optimizations", True)
     workdir = tmp_path_factory.mktemp("source")
     try:
-        assert train.Trainer(_tiny(2), workdir).run().status == "finished"
+        assert train.train_and_evaluate(_tiny(2), workdir).status == "finished"
     finally:
         jax.config.update("jax_disable_most_optimizations", old)
     return workdir
@@ -373,16 +373,17 @@ def source_run(tmp_path_factory):
 
 def _start(config, workdir):
     """The state a run of ``config`` starts from (nothing trained)."""
-    from dnjax import checkpointing, train
+    from dnjax import train
+    from dnjax.runtime import checkpoints, resume
 
-    trainer = train.Trainer(config, workdir)
-    ckpts = checkpointing.Checkpoints(workdir, training=True)
+    setup = train.Setup(config)
+    ckpts = checkpoints.Checkpoints(workdir, training=True)
     try:
-        state, resumed = trainer.restore_or_init(ckpts, trainer.initial_weights())
+        state, resumed = resume.restore_or_init(setup, ckpts, resume.initial_weights(setup))
     finally:
         ckpts.close()
     assert not resumed
-    return trainer, runs.flat(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
+    return setup, runs.flat(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
 
 
 def test_init_from_loads_weights_bit_exactly(source_run, tmp_path, fast_compile):
@@ -406,8 +407,8 @@ def test_init_from_reinitialises_only_the_classifier_when_classes_differ(source_
         "data.dataset": "npz", "data.npz_train": str(tmp_path / "train.npz"),
         "data.npz_test": str(tmp_path / "test.npz")})
     with caplog.at_level("WARNING", logger="dnjax"):
-        trainer, got = _start(config, tmp_path / "b")
-    fresh = runs.flat({"params": jax.device_get(trainer.init_state().params)})
+        setup, got = _start(config, tmp_path / "b")
+    fresh = runs.flat({"params": jax.device_get(setup.init_state().params)})
     assert got["/params/head/kernel"].shape[-1] == 12
     for k in got:
         if k.startswith("/params/head/"):
@@ -450,10 +451,10 @@ def test_finetune_config_is_valid_and_enlarges_images_on_the_device(tmp_path, fa
     config.num_train_steps = 2
     config.progress_bar = False
     config.compilation_cache_dir = ""
-    trainer = train.Trainer(config, tmp_path / "run")
-    assert trainer.info.image_shape == (24, 24, 3)
-    assert trainer.info.mean == pytest.approx((123.675, 116.28, 103.53))
-    result = trainer.run()
+    setup = train.Setup(config)
+    assert setup.info.image_shape == (24, 24, 3)
+    assert setup.info.mean == pytest.approx((123.675, 116.28, 103.53))
+    result = train.train_and_evaluate(config, tmp_path / "run")
     assert result.status == "finished" and result.metrics["test_count"] == 12
     # The evaluation saw the enlarged images: its loss is that of the model on them, not on the
     # 12 x 12 originals.
@@ -463,13 +464,13 @@ def test_finetune_config_is_valid_and_enlarges_images_on_the_device(tmp_path, fa
 
     with np.load(test_npz) as f:
         images, labels = f["image"], f["label"]
-    state = trainer.final_state
+    state = result.state
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
     def loss(x):
-        logits = trainer.model.apply(variables, x, train=False)
+        logits = setup.model.apply(variables, x, train=False)
         return float(optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
 
-    x = input_pipeline.normalize(images, trainer.info.mean, trainer.info.std)
+    x = input_pipeline.normalize(images, setup.info.mean, setup.info.std)
     assert loss(input_pipeline.resize(x, 24)) == pytest.approx(result.metrics["test_loss"], rel=1e-5)
     assert loss(x) != pytest.approx(result.metrics["test_loss"], rel=1e-3)

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dnjax import checkpointing, logs, train
+from dnjax import logs, train
+from dnjax.runtime import PREEMPTED_EXIT_CODE, checkpoints
 
 import runs
 
@@ -148,7 +149,7 @@ def test_killed_at_random_points_resumes_bitwise(tmp_path, cache, uninterrupted)
             rc = proc.wait(timeout=120)
             took = time.time() - sent
             text = err_path.read_text()
-            assert rc == train.PREEMPTED_EXIT_CODE, text[-3000:]
+            assert rc == PREEMPTED_EXIT_CODE, text[-3000:]
             assert took < 60, took
             stop = [r for r in logs.records(workdir, "event") if r["event"] == "preempted"][-1]["step"]
             assert f"Preempted (SIGTERM) at step {stop}: checkpoint saved" in text
@@ -321,7 +322,7 @@ def test_abandoned_orbax_reads_are_quiet_even_when_only_the_traceback_names_orba
         "Future exception was never retrieved\nfuture: <Future finished exception=ValueError()>",
         None, _exc_info_raised_in(filename),
     )
-    assert checkpointing._AbandonedTaskFilter().filter(record) is not dropped
+    assert checkpoints._AbandonedTaskFilter().filter(record) is not dropped
 
 
 def test_the_quieted_unraisable_hook_is_given_back_on_close(tmp_path):
@@ -329,7 +330,7 @@ def test_the_quieted_unraisable_hook_is_given_back_on_close(tmp_path):
     while the checkpoints are open; closing them gives both back."""
     before, filters = sys.unraisablehook, list(logging.getLogger("asyncio").filters)
     state = {"w": jnp.ones((2, 2))}
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     ckpts.save(1, state, {"step": 1}, force=True)
     ckpts.wait()
     assert ckpts.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))[1]["step"] == 1
@@ -344,7 +345,7 @@ def test_crash_leftovers_and_a_lost_best_save_are_repaired(tmp_path):
     checkpoint was committed, its best save was not) is redone from the restored state."""
     state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.array(6, jnp.int32)}
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     ckpts.save_best(3, state, {"step": 3}, test_error=50.0)
     ckpts.save(3, state, {"step": 3}, force=True)
     ckpts.save(6, state, {"step": 6, "test_error": 40.0}, force=True)  # its best save is lost
@@ -352,19 +353,19 @@ def test_crash_leftovers_and_a_lost_best_save_are_repaired(tmp_path):
     leftover = tmp_path / "checkpoints" / f"9{TMP_MARK}"
     leftover.mkdir()  # what a kill during a save leaves
     (tmp_path / "checkpoints" / "5.damaged").mkdir()
-    reader = checkpointing.Checkpoints(tmp_path)
+    reader = checkpoints.Checkpoints(tmp_path)
     assert reader.restore(abstract)[1]["step"] == 6
     reader.close()
     assert leftover.exists()
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     restored, meta = ckpts.restore(abstract)
-    assert meta["step"] == 6 and meta["fingerprint"] == checkpointing.fingerprint(state)
+    assert meta["step"] == 6 and meta["fingerprint"] == checkpoints.fingerprint(state)
     ckpts.complete_best(restored, meta)
     ckpts.close()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "5.damaged", "6"]
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
     # a worse test error does not displace the best
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     ckpts.complete_best(restored, {"step": 9, "test_error": 45.0})
     ckpts.close()
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
@@ -372,21 +373,21 @@ def test_crash_leftovers_and_a_lost_best_save_are_repaired(tmp_path):
 
 def test_unreadable_best_checkpoint_is_set_aside_not_fatal(tmp_path):
     state = {"w": jnp.ones((2, 2))}
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     ckpts.save_best(6, state, {"step": 6}, test_error=40.0)
     ckpts.close()
     (tmp_path / "best" / "6" / "metrics" / "metrics").write_text("{garbage")
-    with pytest.raises(checkpointing.CheckpointError, match="Cannot read the best checkpoints"):
-        checkpointing.Checkpoints(tmp_path)  # a reader refuses, and changes nothing
+    with pytest.raises(checkpoints.CheckpointError, match="Cannot read the best checkpoints"):
+        checkpoints.Checkpoints(tmp_path)  # a reader refuses, and changes nothing
     assert (tmp_path / "best" / "6").exists()
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)  # training goes on
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)  # training goes on
     ckpts.save_best(9, state, {"step": 9}, test_error=45.0)
     ckpts.close()
     # the test error was written back from the checkpoint's meta: 40% is still the best
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
     (tmp_path / "best" / "6" / "metrics" / "metrics").write_text("{garbage")
     (tmp_path / "best" / "6" / "meta" / "metadata").write_text("{garbage")
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     ckpts.save_best(9, state, {"step": 9}, test_error=45.0)
     ckpts.close()
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6.damaged", "9"]
@@ -395,16 +396,16 @@ def test_unreadable_best_checkpoint_is_set_aside_not_fatal(tmp_path):
 def test_fingerprint_sees_any_changed_word():
     x = {"a": jnp.arange(1000, dtype=jnp.float32), "b": jnp.ones((3, 3), jnp.bfloat16),
          "c": jnp.array([True, False]), "n": jnp.array(7, jnp.int32)}
-    fp = checkpointing.fingerprint(x)
+    fp = checkpoints.fingerprint(x)
     assert set(fp) == {"['a']", "['b']", "['c']", "['n']"}
-    assert checkpointing.fingerprint(jax.tree.map(jnp.copy, x)) == fp
+    assert checkpoints.fingerprint(jax.tree.map(jnp.copy, x)) == fp
     for i in (0, 1, 511, 999):
         y = dict(x, a=x["a"].at[i].set(np.nextafter(np.float32(i), np.float32(2000))))
-        assert checkpointing.fingerprint(y)["['a']"] != fp["['a']"], i
+        assert checkpoints.fingerprint(y)["['a']"] != fp["['a']"], i
     swapped = dict(x, a=x["a"].at[jnp.array([3, 4])].set(jnp.array([4.0, 3.0])))
-    assert checkpointing.fingerprint(swapped)["['a']"] != fp["['a']"]
-    assert checkpointing.fingerprint(dict(x, b=x["b"].at[1, 1].set(2)))["['b']"] != fp["['b']"]
-    assert checkpointing.fingerprint(dict(x, c=~x["c"]))["['c']"] != fp["['c']"]
+    assert checkpoints.fingerprint(swapped)["['a']"] != fp["['a']"]
+    assert checkpoints.fingerprint(dict(x, b=x["b"].at[1, 1].set(2)))["['b']"] != fp["['b']"]
+    assert checkpoints.fingerprint(dict(x, c=~x["c"]))["['c']"] != fp["['c']"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,9 +517,9 @@ def test_padding_larger_than_the_images_is_refused(tmp_path):
     config = _tiny_config()
     config.data.pad = 9  # the digits are 8x8
     with pytest.raises(ValueError, match=r"data.pad=9 is larger than the 8x8 images"):
-        train.Trainer(config, tmp_path / "w")
+        train.Setup(config)
     config.data.pad = 8
-    assert train.Trainer(config, tmp_path / "w").config.data.pad == 8
+    assert train.Setup(config).config.data.pad == 8
 
 
 def test_train_and_test_images_of_different_shapes(tmp_path):
@@ -653,15 +654,15 @@ def _fails_fast(error: Exception, overrides: dict) -> bool:
     return False
 
 
-def _start_abstractly(trainer):
+def _start_abstractly(setup):
     """Everything a run compiles, traced without compiling or running: the state's creation and
     one train step."""
-    state = jax.eval_shape(trainer.init_state)
-    n, batch = trainer.info.num_train, trainer.config.batch_size
-    images = jax.ShapeDtypeStruct((n, *trainer.info.image_shape), jnp.uint8, sharding=trainer.replicated)
-    labels = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=trainer.replicated)
-    idx = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=trainer.batch_sharding)
-    new_state, metrics = jax.eval_shape(trainer._train_step, train.abstract_state(state, trainer.mesh),
+    state = jax.eval_shape(setup.init_state)
+    n, batch = setup.info.num_train, setup.config.batch_size
+    images = jax.ShapeDtypeStruct((n, *setup.info.image_shape), jnp.uint8, sharding=setup.replicated)
+    labels = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=setup.replicated)
+    idx = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=setup.source.batch_sharding)
+    new_state, metrics = jax.eval_shape(setup.train_step, train.abstract_state(state, setup.mesh),
                                         images, labels, idx)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert metrics["loss"].shape == ()
@@ -675,13 +676,13 @@ def _cli(field, value) -> str | None:
     return f"--config.{field}={value}"
 
 
-# Each example builds a trainer and traces its steps (about a second on two cores); the examples
+# Each example builds a setup and traces its steps (about a second on two cores); the examples
 # are derandomised, so every run of the suite tries the same ones.
 FUZZ_EXAMPLES = 40
 
 
 def test_fuzzed_configs_start_or_fail_fast_naming_a_field(tmp_path, cache, fast_compile):
-    """Random overrides of many fields, in-process: each config either builds a trainer whose
+    """Random overrides of many fields, in-process: each config either builds a setup whose
     state creation and train step trace (everything a run compiles), or is refused with a
     ValueError (ConfigError, DataError) that names an overridden field. Then a few of the valid
     ones run for two steps through the command line."""
@@ -699,12 +700,12 @@ def test_fuzzed_configs_start_or_fail_fast_naming_a_field(tmp_path, cache, fast_
             outcomes["refused"].append(overrides)
             return
         try:
-            trainer = train.Trainer(config, tmp_path / "w")
+            setup = train.Setup(config)
         except ValueError as e:  # ConfigError and DataError are ValueErrors
             assert _fails_fast(e, overrides), (overrides, e)
             outcomes["refused"].append(overrides)
             return
-        _start_abstractly(trainer)  # anything raised here is a failure deep inside JAX
+        _start_abstractly(setup)  # anything raised here is a failure deep inside JAX
         outcomes["started"].append(overrides)
 
     check()
@@ -883,7 +884,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_resumes_bitwise(tmp_path,
         assert run.returncode == 3, err[-3000:]
         line = err.strip().splitlines()[-1]
         assert line.startswith(f"error: Cannot write to --workdir={workdir}: No space left on device"), line
-        committed = checkpointing.committed_steps(workdir)
+        committed = checkpoints.committed_steps(workdir)
         assert committed and committed[-1] < STEPS  # the save in flight at the fill may be lost
         assert f"The checkpoints up to step {committed[-1]} are intact" in line
         recs, torn = logs.read_jsonl(workdir / logs.METRICS_FILE)
@@ -947,8 +948,8 @@ def test_resuming_with_changed_training_fields_is_refused_with_a_diff(tmp_path, 
         config.optim.schedule = "constant"
         section, _, name = field.rpartition(".")
         (config[section] if section else config)[name] = new
-        with pytest.raises(checkpointing.CheckpointError) as e:
-            train.Trainer(config, workdir).run()
+        with pytest.raises(checkpoints.CheckpointError) as e:
+            train.train_and_evaluate(config, workdir)
         msg = str(e.value)
         assert f"  {field}: {old!r} -> {new!r}" in msg, msg
         assert f"--accept_config_changes={field}" in msg and "Nothing in the workdir was changed" in msg
@@ -1002,18 +1003,19 @@ def test_eval_batch_size_is_bounded_by_the_test_split(fast_compile):
     config.eval_batch_size = 10**9
     config.compilation_cache_dir = ""
     setup = train.Setup(config)
-    assert config.eval_batch_size == setup.info.num_test == 360
+    assert setup.eval_batch_size == setup.info.num_test == 360
+    assert config.eval_batch_size == 10**9  # the config is not changed
     metrics = setup.evaluate(setup.init_state())
     assert metrics["test_count"] == 360
 
 
 def test_a_best_checkpoint_without_its_metrics_is_recovered_or_set_aside(tmp_path):
     state = {"w": jnp.ones((2, 2))}
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     ckpts.save_best(6, state, {"step": 6}, test_error=40.0)
     ckpts.close()
     (tmp_path / "best" / "6" / "metrics" / "metrics").unlink()
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     ckpts.save_best(9, state, {"step": 9}, test_error=45.0)  # worse: the recovered 40% stays best
     ckpts.close()
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
@@ -1021,7 +1023,7 @@ def test_a_best_checkpoint_without_its_metrics_is_recovered_or_set_aside(tmp_pat
     # neither the metrics nor the meta: set aside, and the next evaluation makes a new best
     shutil.rmtree(tmp_path / "best" / "6" / "metrics")
     (tmp_path / "best" / "6" / "meta" / "metadata").write_text("{garbage")
-    ckpts = checkpointing.Checkpoints(tmp_path, training=True)
+    ckpts = checkpoints.Checkpoints(tmp_path, training=True)
     ckpts.save_best(12, state, {"step": 12}, test_error=45.0)
     ckpts.close()
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["12", "6.damaged"]

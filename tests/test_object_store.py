@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from dnjax import checkpointing, logs, storage, workdir as workdir_lib
+from dnjax import logs, storage
+from dnjax.runtime import checkpoints, workdir as workdir_lib
 
 import runs
 
@@ -106,7 +107,7 @@ def test_killed_runs_resume_from_the_bucket_bitwise_and_a_second_run_is_refused(
         while proc.poll() is None and time.monotonic() < deadline:
             if i == 0 and refused is None and lock.exists():
                 refused = _run(cmd, tmp_path, _env(gcs), timeout=120)
-            steps = checkpointing.committed_steps(uri)
+            steps = checkpoints.committed_steps(uri)
             if steps and steps[-1] >= target:
                 break
             time.sleep(0.05)
@@ -143,7 +144,7 @@ def test_two_processes_write_one_bucket_workdir_and_resume_together(gcs, tmp_pat
         outs = [p.communicate(timeout=300) for p in procs]
         for p, (_, err) in zip(procs, outs):
             assert p.returncode == 0, err[-3000:]
-        assert checkpointing.committed_steps(uri)[-1] == (3 if launch == "halt" else 6)
+        assert checkpoints.committed_steps(uri)[-1] == (3 if launch == "halt" else 6)
     assert "Finished 6 steps" in outs[0][0]
     events = [e["event"] for e in logs.records(uri, "event")]
     assert events == ["started", "halted", "resumed", "config_changed"], events  # halt_after_steps dropped
@@ -175,7 +176,7 @@ def test_npz_data_and_init_from_in_the_bucket(gcs, tmp_path, cache):
     variables = train.init_variables(setup.model, (8, 8, 3), seed=5)
     out = convert_workdir.write_workdir(gcs.uri("converted"), variables, config)
     assert str(out) == gcs.uri("converted")
-    params, stats, meta = checkpointing.read_weights(gcs.uri("converted"))
+    params, stats, meta = checkpoints.read_weights(gcs.uri("converted"))
     want = runs.flat(jax.device_get(variables["params"]))
     assert all(np.array_equal(v, runs.flat(params)[k]) for k, v in want.items()) and meta["step"] == 0
 

@@ -57,13 +57,13 @@ def test_tfds_cifar100_through_the_real_tfds_code_path(tmp_path, fast_compile):
     config.progress_bar = False
     config.compilation_cache_dir = ""
     with tfds.testing.mock_data(num_examples=40):
-        trainer = train.Trainer(config, tmp_path / "c100")
-        result = trainer.run()
-    assert trainer.info.num_classes == 100
-    assert trainer.info.mean == pytest.approx((129.3, 124.1, 112.4))
+        setup = train.Setup(config)
+        result = train.train_and_evaluate(config, tmp_path / "c100")
+    assert setup.info.num_classes == 100
+    assert setup.info.mean == pytest.approx((129.3, 124.1, 112.4))
     assert result.status == "finished" and result.step == 2
-    assert result.metrics["test_count"] == trainer.info.num_test == 40
-    head = trainer.final_state.params["head"]["kernel"]
+    assert result.metrics["test_count"] == setup.info.num_test == 40
+    head = result.state.params["head"]["kernel"]
     assert head.shape[-1] == 100
 
 
@@ -210,7 +210,7 @@ def test_unprepared_tfds_dataset_stops_before_compiling(tmp_path):
     events = _count_compiles()
     before = len(events)
     with pytest.raises(data.DataError, match="tfds build cifar100") as e:
-        train.Trainer(config, tmp_path / "w")
+        train.Setup(config)
     assert str(tmp_path) in str(e.value)
     assert len(events) == before
     assert list(tmp_path.iterdir()) == []  # nothing downloaded or created in data_dir
@@ -221,7 +221,7 @@ def test_missing_data_dir_is_named(tmp_path):
     config.data.dataset = "cifar10"
     config.data.data_dir = str(tmp_path / "nope")
     with pytest.raises(data.DataError, match="nope"):
-        train.Trainer(config, tmp_path / "w")
+        train.Setup(config)
 
 
 def test_invalid_values_name_their_field():
@@ -280,17 +280,16 @@ def test_streamed_imagenet_path_trains_and_resumes_at_the_next_batch(tmp_path, f
     halted and resumed run equals an uninterrupted one bit for bit."""
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=24):
-        straight = train.Trainer(_imagenet_config(4), tmp_path / "a")
-        result = straight.run()
-        assert result.status == "finished" and result.metrics["test_count"] == 24
+        straight = train.train_and_evaluate(_imagenet_config(4), tmp_path / "a")
+        assert straight.status == "finished" and straight.metrics["test_count"] == 24
         halted_config = _imagenet_config(4)
         halted_config.halt_after_steps = 2
-        assert train.Trainer(halted_config, tmp_path / "b").run().status == "halted"
-        resumed = train.Trainer(_imagenet_config(4), tmp_path / "b")
-        assert resumed.run().status == "finished"
-    assert straight.final_state.params["head"]["kernel"].shape[-1] == 1000
-    a, b = (runs.flat(flax.serialization.to_state_dict(jax.device_get(t.final_state)))
-            for t in (straight, resumed))
+        assert train.train_and_evaluate(halted_config, tmp_path / "b").status == "halted"
+        resumed = train.train_and_evaluate(_imagenet_config(4), tmp_path / "b")
+        assert resumed.status == "finished"
+    assert straight.state.params["head"]["kernel"].shape[-1] == 1000
+    a, b = (runs.flat(flax.serialization.to_state_dict(jax.device_get(r.state)))
+            for r in (straight, resumed))
     assert len(a) > 10 and a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
@@ -303,7 +302,7 @@ def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, fast_compile):
     config.num_train_steps = 4
     config.compilation_cache_dir = ""
     config.profile_steps = "2,3"
-    assert train.Trainer(config, tmp_path / "w").run().status == "finished"
+    assert train.train_and_evaluate(config, tmp_path / "w").status == "finished"
     traces = list((tmp_path / "w" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
     for bad in ("3,2", "0,2", "2", "a,b"):

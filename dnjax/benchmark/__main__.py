@@ -73,12 +73,12 @@ def ratios(rows) -> dict[str, float]:
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from dnjax import train
     from dnjax.benchmark import measure
+    from dnjax.runtime import compilation
 
     config = _CONFIG.value
     if _CACHE.value:
-        train.setup_compilation_cache(config)
+        compilation.use_cache(config.compilation_cache_dir)
     options = parse_options(_VARIANT.value)
     try:
         rows = measure.benchmark(

@@ -64,7 +64,8 @@ def write_workdir(out, variables: dict[str, Any], config: ml_collections.ConfigD
     rename) the checkpoint goes straight to ``out`` (orbax commits it last) and ``config.json``
     after it, and a failure deletes what was written.
     """
-    from dnjax import checkpointing, config_lib, train
+    from dnjax import config_lib, train
+    from dnjax.runtime import checkpoints as checkpointing
 
     check_out(out)
     out = storage.path(out)

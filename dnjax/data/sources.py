@@ -1,13 +1,16 @@
-"""What the trainer reads: a :class:`DataSource`, device-resident or streamed.
+"""What a training run reads: a :class:`DataSource`, device-resident or streamed.
 
-A source owns everything that depends on where the data lives, so the training loop has no
-branches on it:
+A source hands out batches and says how a batch becomes the model's input, so the training loop
+has no branches on where the data lives (``dnjax.train`` compiles the steps from these):
 
-* ``train_step(ctx, step_on_batch)`` and ``eval_step(ctx, eval_on_batch)``: the jitted steps, from
-  the trainer's functions of a prepared batch ``(state, x, y[, mask])`` and the static facts of
-  the run (``ctx``: normalisation constants, augmentation, seed);
-* ``train_batches(start_step)``: the arguments of the train step after the state, from a step on;
-* ``eval_batches()``: the arguments of the eval step after the state, covering the test split once;
+* ``train_batches(start_step)``: the arguments of the train step after the state, from a step on,
+  and ``train_shardings``: how each of them is laid out over the mesh;
+* ``eval_batches(batch_size)``: the arguments of the eval step after the state, covering the test
+  split once, and ``eval_shardings``;
+* ``prepare_train(ctx, step, *batch)`` -> ``(x, y)`` and ``prepare_eval(ctx, *batch)`` ->
+  ``(x, y, mask)``: pure functions traced inside the jitted steps (gathering, normalisation,
+  augmentation; ``ctx`` holds the run's static facts: normalisation constants, augmentation,
+  seed);
 * ``save_items()`` / ``restore_items()``: what a checkpoint holds besides the state (orbax
   ``args`` by item name).
 
@@ -21,7 +24,7 @@ checkpoint. :func:`make_source` picks one from the config (grain is imported onl
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import jax
 import numpy as np
@@ -34,14 +37,16 @@ from dnjax.data.choices import STREAMED_DATASETS
 
 class DataSource(Protocol):
     info: DatasetInfo
+    train_shardings: tuple
+    eval_shardings: tuple
 
-    def train_step(self, ctx, step_on_batch: Callable) -> Callable: ...
+    def prepare_train(self, ctx, step: jax.Array, *batch) -> tuple[jax.Array, jax.Array]: ...
 
-    def eval_step(self, ctx, eval_on_batch: Callable) -> Callable: ...
+    def prepare_eval(self, ctx, *batch) -> tuple[jax.Array, jax.Array, jax.Array]: ...
 
     def train_batches(self, start_step: int) -> Iterator[tuple]: ...
 
-    def eval_batches(self) -> Iterator[tuple]: ...
+    def eval_batches(self, batch_size: int) -> Iterator[tuple]: ...
 
     def save_items(self) -> dict[str, Any]: ...
 
@@ -62,6 +67,9 @@ class DeviceResident:
         self._device: tuple[jax.Array, ...] | None = None
         self.replicated = sharding.replicated(mesh)
         self.batch_sharding = sharding.batch_sharded(mesh)
+        rep, bat = self.replicated, self.batch_sharding
+        self.train_shardings = (rep, rep, bat)  # images, labels, indices
+        self.eval_shardings = (rep, rep, bat, bat)  # images, labels, indices, mask
 
     def arrays(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """Train images, train labels, test images, test labels: replicated device arrays, put
@@ -72,27 +80,19 @@ class DeviceResident:
                                  for a in (train.images, train.labels, test.images, test.labels))
         return self._device
 
-    def _prepare(self, ctx, images, labels, indices):
+    def _gather(self, ctx, images, labels, indices):
         x = jax.lax.with_sharding_constraint(images[indices], self.batch_sharding)
         return augment_lib.normalize(x, ctx.mean, ctx.std), labels[indices]
 
-    def train_step(self, ctx, step_on_batch: Callable) -> Callable:
-        def step(state, images, labels, indices):
-            x, y = self._prepare(ctx, images, labels, indices)
-            if ctx.augment:
-                x = augment_lib.augment(augment_rng(ctx.seed, state.step), x, pad=ctx.pad, flip=ctx.flip)
-            return step_on_batch(state, augment_lib.resize(x, ctx.resize), y)
+    def prepare_train(self, ctx, step, images, labels, indices):
+        x, y = self._gather(ctx, images, labels, indices)
+        if ctx.augment:
+            x = augment_lib.augment(augment_rng(ctx.seed, step), x, pad=ctx.pad, flip=ctx.flip)
+        return augment_lib.resize(x, ctx.resize), y
 
-        rep, bat = self.replicated, self.batch_sharding
-        return jax.jit(step, in_shardings=(None, rep, rep, bat), donate_argnums=(0,))
-
-    def eval_step(self, ctx, eval_on_batch: Callable) -> Callable:
-        def step(state, images, labels, indices, mask):
-            x, y = self._prepare(ctx, images, labels, indices)
-            return eval_on_batch(state, augment_lib.resize(x, ctx.resize), y, mask)
-
-        rep, bat = self.replicated, self.batch_sharding
-        return jax.jit(step, in_shardings=(None, rep, rep, bat, bat))
+    def prepare_eval(self, ctx, images, labels, indices, mask):
+        x, y = self._gather(ctx, images, labels, indices)
+        return augment_lib.resize(x, ctx.resize), y, mask
 
     def _indices(self, host: np.ndarray) -> jax.Array:
         return sharding.global_array(host.astype(np.int32), self.batch_sharding)
@@ -106,9 +106,9 @@ class DeviceResident:
             yield images, labels, self._indices(idx)
             step += 1
 
-    def eval_batches(self) -> Iterator[tuple]:
+    def eval_batches(self, batch_size: int) -> Iterator[tuple]:
         _, _, images, labels = self.arrays()
-        for idx, mask in order.eval_batches(self.info.num_test, self.config.eval_batch_size):
+        for idx, mask in order.eval_batches(self.info.num_test, batch_size):
             yield images, labels, self._indices(idx), sharding.global_array(mask, self.batch_sharding)
 
     def save_items(self) -> dict[str, Any]:
@@ -119,7 +119,8 @@ class DeviceResident:
 
 
 class Streamed:
-    """ImageNet through grain: each process feeds its own slice of every global batch."""
+    """ImageNet through grain: each process feeds its own slice of every global batch, which the
+    hosts have already decoded, normalised and augmented."""
 
     def __init__(self, config, mesh):
         from dnjax.data import imagenet
@@ -129,13 +130,15 @@ class Streamed:
         self.info = imagenet.imagenet_info(config.data, image_size=config.data.image_size)
         self.batch_sharding = sharding.batch_sharded(mesh)
         self.replicated = sharding.replicated(mesh)
+        bat = self.batch_sharding
+        self.train_shardings = (bat, bat)  # images, labels
+        self.eval_shardings = (bat, bat, bat)  # images, labels, mask
         self._train_iter = None
 
-    def _loader(self, train: bool):
+    def _loader(self, train: bool, batch_size: int):
         c = self.config
         return self._imagenet.make_imagenet_loader(
-            c.data, split="train" if train else "validation",
-            global_batch=c.batch_size if train else c.eval_batch_size, seed=c.seed,
+            c.data, split="train" if train else "validation", global_batch=batch_size, seed=c.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
             image_size=c.data.image_size, train=train, worker_count=c.data.workers,
         )
@@ -144,29 +147,25 @@ class Streamed:
     def train_iter(self):
         """The training iterator: created once, restored from a checkpoint before the first batch."""
         if self._train_iter is None:
-            self._train_iter = iter(self._loader(train=True))
+            self._train_iter = iter(self._loader(train=True, batch_size=self.config.batch_size))
         return self._train_iter
 
     def _global(self, local: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local))
 
-    def train_step(self, ctx, step_on_batch: Callable) -> Callable:
-        del ctx  # the hosts normalised and augmented the batch
-        bat = self.batch_sharding
-        return jax.jit(step_on_batch, in_shardings=(None, bat, bat), donate_argnums=(0,))
+    def prepare_train(self, ctx, step, images, labels):
+        return images, labels
 
-    def eval_step(self, ctx, eval_on_batch: Callable) -> Callable:
-        del ctx
-        bat = self.batch_sharding
-        return jax.jit(eval_on_batch, in_shardings=(None, bat, bat, bat))
+    def prepare_eval(self, ctx, images, labels, mask):
+        return images, labels, mask
 
     def train_batches(self, start_step: int) -> Iterator[tuple]:
         del start_step  # the iterator's restored position is the step's
         for batch in self.train_iter:
             yield self._global(batch["image"]), self._global(batch["label"])
 
-    def eval_batches(self) -> Iterator[tuple]:
-        for b in self._loader(train=False):
+    def eval_batches(self, batch_size: int) -> Iterator[tuple]:
+        for b in self._loader(train=False, batch_size=batch_size):
             yield tuple(self._global(b[k]) for k in ("image", "label", "mask"))
 
     def save_items(self) -> dict[str, Any]:

@@ -257,7 +257,7 @@ class LeaseLock:
         new_blob = self._new_blob()
         self._started = _holder()["started"]
         for _ in range(10):
-            self._blob = blob = new_blob()
+            blob = new_blob()
             try:
                 blob.upload_from_string(self._record(), content_type="application/json", if_generation_match=0)
                 self.generation = blob.generation
@@ -292,6 +292,7 @@ class LeaseLock:
             break
         else:
             raise WorkdirError(f"Cannot take the lock {self.uri}: it keeps being replaced")
+        self._blob = blob  # held from here on: renewed, and deleted on release
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew, name="dnjax-lease", daemon=True)
         self._thread.start()

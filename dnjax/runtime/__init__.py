@@ -1,0 +1,17 @@
+"""The lifecycle of a training run around its loop: one place for what keeps a run safe.
+
+==================  ==========================================================================
+``run``             :class:`Run`: start-up (writability, lock, resume, init_from, config.json,
+                    logs) and shutdown (closing in order, storage errors in one line)
+``resume``          what a run starts from, and whether a changed config may continue a run
+``checkpoints``     orbax checkpoints: newest few and best, fingerprints, damaged ones set aside
+``workdir``         one writer per workdir (flock, or a lease on GCS); storage-error detection
+``preemption``      SIGTERM as a flag the loop polls; the preempted exit status
+``compilation``     JAX's persistent compilation cache
+==================  ==========================================================================
+"""
+
+from dnjax.runtime.preemption import PREEMPTED_EXIT_CODE
+from dnjax.runtime.run import Run, RunResult, check_workdir
+
+__all__ = ["PREEMPTED_EXIT_CODE", "Run", "RunResult", "check_workdir"]

@@ -1,0 +1,235 @@
+"""The lifecycle of one training run in its workdir, from start-up to exit.
+
+``with Run(setup, workdir) as run:`` does, before the first step: proves the workdir writable
+(and an object store reachable), takes its lock (process 0), compares the config with the run
+already there, reads ``init_from``, restores the newest intact checkpoint or initialises, writes
+``config.json`` and opens the metrics log. The training loop then calls :meth:`Run.log`,
+:meth:`Run.save`, :meth:`Run.stop_reason` and :meth:`Run.finish` / :meth:`Run.stop`. Leaving the
+block closes everything in order; a storage error (full disk, quota, a bucket that refuses)
+becomes one :class:`~dnjax.runtime.workdir.WorkdirError` saying which checkpoints are intact, and
+a run that stopped before writing anything leaves no directory behind.
+
+The loop itself (``dnjax.train``) knows nothing of locks, files or signals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import jax
+
+from dnjax import logs, storage
+from dnjax.runtime import checkpoints as ckpt_lib, resume
+from dnjax.runtime.preemption import SigtermFlag
+from dnjax.runtime.workdir import LEASE_SECONDS, WorkdirError, check_writable, lock_for, write_error
+
+log = logging.getLogger("dnjax")
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str  # finished | preempted | halted
+    step: int
+    metrics: dict[str, float]
+    state: Any = None  # the final train state (None for a finished run left untouched)
+
+
+def check_workdir(workdir) -> None:
+    """Before the data is read or anything compiled: a workdir on an object store whose client,
+    credentials or bucket is missing stops the run (:class:`WorkdirError`, status 3)."""
+    try:
+        storage.check_available(workdir, "--workdir")
+    except storage.StorageError as e:
+        raise WorkdirError(str(e)) from None
+
+
+def _storage_failure(e: BaseException | None) -> bool:
+    return e is not None and (write_error(e) is not None or isinstance(e, storage.StorageError))
+
+
+class Run:
+    """See the module docstring. After entering: ``finished`` is the result of a run that had
+    already ended (the block then does nothing); otherwise ``state`` and ``start`` are where
+    training continues."""
+
+    def __init__(self, setup, workdir, accept_config_changes: Sequence[str] = (),
+                 lock_lease_seconds: float = LEASE_SECONDS):
+        self.setup = setup
+        self.workdir = storage.path(workdir)
+        self.accepted = tuple(accept_config_changes)
+        self.is_main = jax.process_index() == 0
+        self._lock = lock_for(self.workdir, lock_lease_seconds) if self.is_main else None
+        self._created: list = []  # directories this run made, deepest first
+        self._written = False
+        self._ckpts: ckpt_lib.Checkpoints | None = None
+        self._log: logs.MetricsLog | None = None
+        self._sigterm = SigtermFlag()
+        self._locked = False
+        self.finished: RunResult | None = None
+        self.state = None
+        self.start = 0
+
+    # ---- start-up
+
+    def __enter__(self) -> Run:
+        if self.is_main:
+            if not storage.is_remote(self.workdir):  # an object store has no directories to leave
+                here = storage.local(self.workdir)
+                self._created = [d for d in (here, *here.parents) if not d.exists()]
+            check_writable(self.workdir)
+        try:
+            if self._lock is not None:
+                self._lock.__enter__()
+                self._locked = True
+            self._open()
+        except BaseException as e:
+            self._close(e)
+            raise
+        self._sigterm.__enter__()
+        return self
+
+    def _open(self) -> None:
+        setup, cfg, sched = self.setup, self.setup.config, self.setup.sched
+        changes, final = {}, None
+        if ckpt_lib.has_checkpoints(self.workdir):
+            _, changes = resume.check_config(self.workdir, cfg, self.accepted)
+            final = resume.final_record(self.workdir, sched.total_steps)
+        # Read before anything is written: weights that do not fit stop the run untouched.
+        initial = None
+        if cfg.init_from and not ckpt_lib.has_checkpoints(self.workdir):
+            initial = resume.initial_weights(setup)
+        self._ckpts = ckpt_lib.Checkpoints(self.workdir, keep=cfg.keep_checkpoints, training=True)
+        state, resumed = resume.restore_or_init(setup, self._ckpts, initial)
+        start = int(jax.device_get(state.step))
+        if resumed and final is not None and start == sched.total_steps:
+            # Finished, and its last checkpoint read back intact: leave the run exactly as it is.
+            # (A damaged one was skipped above: the run then trains to the end again.)
+            log.info("%s already finished at step %d; nothing to do", self.workdir, sched.total_steps)
+            skip = ("type", "step", "time", "epoch")
+            self.finished = RunResult("finished", start, {k: v for k, v in final.items() if k not in skip})
+            return
+        # Written only once the workdir is known to hold this model (or nothing yet).
+        if self.is_main:
+            storage.write_whole(self.workdir / "config.json", cfg.to_json_best_effort(indent=2))
+        self._written = True
+        self._log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None, enabled=self.is_main)
+        if resumed:
+            log.info("Resumed from %s at step %d", self.workdir / "checkpoints", start)
+            self._log.write("event", start, event="resumed")
+            if changes:
+                self._log.write("event", start, event="config_changed",
+                                changes={k: list(v) for k, v in changes.items()})
+        else:
+            self._log.write(
+                "event", 0, event="started", model=cfg.model.name,
+                params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+                steps_per_epoch=sched.steps_per_epoch, total_steps=sched.total_steps,
+                devices=jax.device_count(), processes=jax.process_count(),
+                **(initial[3] if initial is not None else {}),
+            )
+        self.state, self.start = state, start
+
+    # ---- what the loop calls
+
+    @property
+    def tensorboard_dir(self):
+        """Where TensorBoard files (events, profiles) go: the workdir's ``tensorboard/`` or, on an
+        object store, its local copy."""
+        return self._log.tensorboard_dir
+
+    def log(self, kind: str, step: int, **values: Any) -> None:
+        self._log.write(kind, step, **values)
+
+    def newest_checkpoint(self) -> int | None:
+        return self._ckpts.latest.latest_step()
+
+    def save(self, step: int, state, epoch: float, test_error: float | None = None) -> None:
+        """A checkpoint of ``state`` (and the best one when ``test_error`` beats it)."""
+        if self._lock is not None:
+            self._lock.check()  # another run took the workdir over: save nothing
+        self._log.sync()  # every committed checkpoint has its records in the workdir
+        meta = self.setup.meta(state, epoch)
+        if test_error is not None:  # lets a resumed run redo a best save that a crash cut short
+            meta["test_error"] = test_error
+        self._ckpts.save(step, state, meta, force=True, items=self.setup.source.save_items())
+        if test_error is not None:
+            self._ckpts.save_best(step, state, meta, test_error)
+
+    def stop_reason(self, step: int) -> str | None:
+        """'preempted' (SIGTERM, or a TPU pod's preemption notice), 'halted'
+        (``config.halt_after_steps``) or None: keep training."""
+        if self._sigterm.set or self._ckpts.reached_preemption(step):
+            return "preempted"
+        if step == self.setup.config.halt_after_steps and step < self.setup.sched.total_steps:
+            return "halted"
+        return None
+
+    def stop(self, why: str, step: int, state, epoch: float, *, saved: bool,
+             metrics: dict[str, float]) -> RunResult:
+        """Saves (unless this step was just saved), waits for the save and logs why the run stopped."""
+        if not saved:
+            self.save(step, state, epoch)
+        self._ckpts.wait()
+        self._log.write("event", step, event=why)
+        what = "Halted (halt_after_steps)" if why == "halted" else "Preempted (SIGTERM)"
+        log.warning("%s at step %d: checkpoint saved to %s; rerun the same command to resume.",
+                    what, step, self.workdir / "checkpoints")
+        return RunResult(why, step, metrics, state)
+
+    def finish(self, step: int, state, final: dict[str, float], epoch: float) -> RunResult:
+        self._log.write("final", step, epoch=round(epoch, 4), **final)
+        return RunResult("finished", step, final, state)
+
+    # ---- shutdown
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._sigterm.__exit__(exc_type, exc, tb)
+        self._close(exc)
+
+    def _close(self, exc: BaseException | None) -> None:
+        failed = _storage_failure(exc)
+        try:
+            if self._log is not None:
+                # After a storage error the store cannot take the rest; otherwise the first error
+                # is the one to report, so closing does not raise over it.
+                _quietly(self._log.discard if failed else self._log.close, raise_=exc is None)
+            if self._ckpts is not None:
+                if failed:
+                    self._ckpts.abandon()
+                else:
+                    _quietly(self._ckpts.close, raise_=exc is None)
+        finally:
+            self._log = self._ckpts = None
+            if self._locked:
+                self._locked = False
+                self._lock.__exit__(None, None, None)
+            if exc is not None and not self._written:
+                for d in self._created:
+                    try:
+                        d.rmdir()  # only if empty: a run stopped before writing leaves nothing behind
+                    except OSError:
+                        break
+        if failed:
+            steps = ckpt_lib.committed_steps(self.workdir)
+            kept = (f"The checkpoints up to step {steps[-1]} are intact" if steps
+                    else "No checkpoint had been committed")
+            cause = write_error(exc)
+            what = (f"{cause.strerror or cause}{f' ({cause.filename})' if cause.filename else ''}"
+                    if cause is not None else str(exc))
+            raise WorkdirError(
+                f"Cannot write to --workdir={self.workdir}: {what}. {kept}; free space (or "
+                "fix the storage) and rerun the same command to resume."
+            ) from exc
+
+
+def _quietly(close, *, raise_: bool) -> None:
+    """Calls ``close``; while another error is on its way out, logs (not raises) what fails."""
+    try:
+        close()
+    except Exception as e:  # noqa: BLE001 - the error being raised already says what went wrong
+        if raise_:
+            raise
+        log.debug("While stopping, %s failed too: %s", getattr(close, "__qualname__", close),
+                  str(e).splitlines()[0] if str(e) else e)
