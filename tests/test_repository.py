@@ -97,17 +97,29 @@ def test_experiments_modules_import_no_cycle():
     assert "experiments.report" not in graph["experiments.plots"]
 
 
-def test_readme_zoo_table_shows_the_published_figures():
-    readme = (REPO / "README.md").read_text()
+def test_models_page_zoo_table_shows_every_network_and_the_published_figures(capsys):
+    """docs/models.md holds the table ``python -m dnjax.models --markdown`` prints: one row per
+    network of the zoo, the published columns from dnjax.published, and rows the command prints
+    today (re-measured for a few networks that take a second)."""
+    from dnjax.models import GENERIC, ZOO, __main__ as zoo_command
+
+    page = (REPO / "docs" / "models.md").read_text()
     rows = re.findall(r"^\| ([a-z0-9_]+) \| (\d+x\d+) \| (\d+) \| ([\d,]+) \| ([\d,]*) \| ([\d.]+[KMG]) \| ([^|]*) \|",
-                      readme, re.M)
+                      page, re.M)
     assert len(rows) > 30
+    assert [r[0] for r in rows] == [n for n in ZOO if n not in GENERIC]
     for name, _, _, _, paper_params, _, paper_macs in rows:
         expected = (published.CIFAR_PARAMS.get(name, (None,))[0] if name in published.CIFAR_PARAMS
                     else published.IMAGENET_PARAMS.get(name))
         assert paper_params == ("" if expected is None else f"{expected:,}"), name
         macs = published.MACS.get(name)
         assert paper_macs.strip() == ("" if macs is None else human(macs)), name
+    measured = ["densenet_bc_tiny", "preact_resnet_tiny", "vgg_tiny", "resnet20", "densenet_bc100_k12"]
+    assert zoo_command.main(["--markdown", "--only", *measured]) == 0
+    printed = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")]
+    assert len(printed) == len(measured) + 1  # the header and one row each
+    for line in printed:
+        assert line in page.splitlines(), f"docs/models.md is out of date; rerun python -m dnjax.models --markdown: {line}"
 
 
 def test_a_run_on_in_memory_data_imports_neither_grain_nor_tensorflow_datasets():
