@@ -191,6 +191,34 @@ def test_npz_data_and_init_from_in_the_bucket(gcs, tmp_path, cache):
     assert started["steps_per_epoch"] == 1400 // config.batch_size  # both parts of the glob
 
 
+def test_a_damaged_newest_checkpoint_in_the_bucket_is_skipped_and_set_aside(gcs):
+    """In-process on a gs:// workdir: the newest step's array metadata overwritten with garbage;
+    a training restore falls back to the step before and moves the damaged one to
+    ``<step>.damaged`` (a copy, then a delete: an object store has no rename)."""
+    import jax.numpy as jnp
+
+    uri = gcs.uri("damaged")
+    state = {"w": jnp.arange(12.0).reshape(3, 4)}
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    ckpts = checkpoints.Checkpoints(uri, training=True)
+    for step in (1, 2):
+        ckpts.save(step, jax.tree.map(lambda x, s=step: x + s, state), {"step": step}, force=True)
+    ckpts.close()
+    before = {n for n in gcs.objects("damaged/checkpoints/2")}
+    meta = storage.path(gcs.uri("damaged/checkpoints/2/state/_METADATA"))
+    meta.write_bytes(np.random.default_rng(0).bytes(len(meta.read_bytes())))
+    ckpts = checkpoints.Checkpoints(uri, training=True)
+    try:
+        restored, got = ckpts.restore(abstract)
+    finally:
+        ckpts.close()
+    assert got["step"] == 1 and np.array_equal(np.asarray(restored["w"]), np.arange(12.0).reshape(3, 4) + 1)
+    assert gcs.objects("damaged/checkpoints/2") == []
+    moved = set(gcs.objects("damaged/checkpoints/2.damaged"))
+    assert moved == {n.replace("checkpoints/2/", "checkpoints/2.damaged/") for n in before}
+    assert checkpoints.committed_steps(uri) == [1]
+
+
 # ---------------------------------------------------------------------------------------------
 # The lease lock
 
