@@ -188,6 +188,26 @@ def write_whole(p: epath.Path, data: str | bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_STAGED = "dnjax-staged-"
+
+
+def _sweep_staged() -> None:
+    """Removes the local copies that killed processes of this host left in the temporary
+    directory (a SIGKILL leaves no chance to clean up); everything in them was uploaded or is
+    rewritten by the resumed run."""
+    root = LocalPath(tempfile.gettempdir())
+    for d in root.glob(f"{_STAGED}*-*"):
+        pid = d.name[len(_STAGED):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass  # another user's process: not ours to judge
+
+
 class Staged:
     """Files of ``target`` that grow while a run writes them, on any store.
 
@@ -201,7 +221,8 @@ class Staged:
         self.target = path(target)
         self.remote = is_remote(self.target)
         if self.remote:
-            self.local = LocalPath(tempfile.mkdtemp(prefix="dnjax-staged-"))
+            _sweep_staged()
+            self.local = LocalPath(tempfile.mkdtemp(prefix=f"{_STAGED}{os.getpid()}-"))
         else:
             self.local = local(self.target)
         self._sent: dict[str, tuple[int, int]] = {}

@@ -241,6 +241,10 @@ class Setup:
             "param_shapes": ckpt_lib.param_shapes(state.params),
         }
 
+    def init_variables(self) -> dict[str, Any]:
+        """The model's initial variables (parameters and BatchNorm statistics) for this run."""
+        return init_variables(self.model, self.info.image_shape, self.config.seed)
+
     def init_state(self) -> TrainState:
         return create_train_state(self.model, self.tx, self.info.image_shape, self.config.seed, self.mesh)
 

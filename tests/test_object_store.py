@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,7 @@ def test_killed_runs_resume_from_the_bucket_bitwise_and_a_second_run_is_refused(
     run's bit for bit. While the first launch runs, a second one on the workdir is refused."""
     uri = gcs.uri("killed")
     cmd = _cmd(uri, *runs.LONG, cache=cache)
+    killed = []
     for i, target in enumerate((15, 40)):
         with open(tmp_path / f"err{i}.txt", "w") as err:
             proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(gcs), stdout=subprocess.DEVNULL, stderr=err)
@@ -114,6 +116,7 @@ def test_killed_runs_resume_from_the_bucket_bitwise_and_a_second_run_is_refused(
         assert proc.poll() is None, (tmp_path / f"err{i}.txt").read_text()[-3000:]
         proc.kill()
         proc.wait(timeout=60)
+        killed.append(proc.pid)
         if i == 0:
             assert refused is not None and refused.returncode == 3, refused and refused.stderr[-2000:]
             last = refused.stderr.strip().splitlines()[-1]
@@ -126,6 +129,9 @@ def test_killed_runs_resume_from_the_bucket_bitwise_and_a_second_run_is_refused(
     resumed = [e for e in logs.records(uri, "event") if e["event"] == "resumed"]
     assert len(resumed) == 2 and resumed[0]["step"] >= 15 and resumed[1]["step"] >= 39
     assert not _local_gs_dirs(tmp_path, runs.REPO)
+    # The local copies of the log that the killed launches left were swept by the next ones.
+    left = [p for pid in killed for p in Path(tempfile.gettempdir()).glob(f"dnjax-staged-{pid}-*")]
+    assert not left, left
 
 
 def test_two_processes_write_one_bucket_workdir_and_resume_together(gcs, tmp_path, cache, reference_run):

@@ -83,6 +83,30 @@ def _graph(paths) -> dict[str, set[str]]:
     return graph
 
 
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+
+    def visit(node, path):
+        if node in path:
+            found.append(" -> ".join([*path[path.index(node):], node]))
+            return
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, [*path, node])
+
+    for node in sorted(graph):
+        visit(node, [])
+    return found
+
+
+def test_the_library_imports_no_cycle():
+    """Among dnjax's modules, at any level (top or inside a function): a module's own package
+    (``__init__``) is not counted as a dependency of it."""
+    graph = _graph(LIBRARY)
+    graph = {n: {d for d in deps if not n.startswith(d + ".")} for n, deps in graph.items()}
+    assert "dnjax.runtime" in graph["dnjax.train"] and "dnjax.storage" in graph["dnjax.logs"]  # read
+    assert not _cycles(graph)
+
+
 def test_experiments_modules_import_no_cycle():
     graph = _graph(sorted((REPO / "experiments").glob("*.py")))
     assert "experiments.report" in graph["experiments.run"] or graph  # the graph was read

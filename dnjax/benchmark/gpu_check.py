@@ -69,9 +69,12 @@ def check(config: str | None, dry: bool) -> str | None:
         if torch.cuda.is_available():
             print("torch device:", torch.cuda.get_device_name(0))
         import dnjax.benchmark.torch_reference  # noqa: F401
-    # Everything a run imports, and the recipe its rows are built from.
-    import dnjax.benchmark.gpu  # noqa: F401
-    import dnjax.main  # noqa: F401
+    # Everything a run imports (by name: the run's module uses this one), and the recipe its rows
+    # are built from.
+    import importlib
+
+    for name in ("dnjax.benchmark.gpu", "dnjax.main"):
+        importlib.import_module(name)
     from dnjax import config_lib
     from dnjax.benchmark import measure
 

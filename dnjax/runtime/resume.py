@@ -10,7 +10,6 @@ run whose last checkpoint reads back intact is left exactly as it is.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from typing import Any, Sequence
@@ -67,15 +66,12 @@ def initial_weights(setup) -> tuple[Any, Any, tuple[str, ...], dict[str, Any]]:
     (params, batch_stats, names of the reinitialised modules, what the start event records).
     The classifier (``head``) is reinitialised when the number of classes differs; any other
     difference stops the run (ConfigError, status 2) before anything is written."""
-    from dnjax import train
-
     src = setup.config.init_from
     try:
         params, batch_stats, meta = ckpt_lib.read_weights(src)
     except CheckpointError as e:
         raise config_lib.ConfigError(f"config.init_from={src!r}: {e}") from None
-    abstract = jax.eval_shape(functools.partial(
-        train.init_variables, setup.model, setup.info.image_shape, setup.config.seed))
+    abstract = jax.eval_shape(setup.init_variables)
     shapes = ckpt_lib.param_shapes
     problems = ckpt_lib.compare_shapes(
         {**shapes(params), **{f"[stats]{k}": v for k, v in shapes(batch_stats).items()}},
