@@ -34,10 +34,27 @@ Any other size through the generic builder, e.g. DenseNet-BC L=52, k=12:
 ``python -m experiments.run table2 --print`` lists every row's command.
 """
 
-from dnjax import recipes
+from configs import common, default
 
-MODELS = recipes.DENSENET_MODELS
+MODELS = common.cifar_models("densenet")
 
 
 def get_config(arg="densenet_bc100_k12,c10+"):
-    return recipes.cifar_densenet(arg)
+    model, column = common.parse_arg(arg, MODELS, default_model="densenet_bc100_k12")
+    c = default.get_config()
+    c.model = dict(name=model, dropout_rate=common.dropout(column))
+    common.set_data(c, column)
+    c.data.pad = 4
+    c.data.flip = True
+
+    c.batch_size = 64
+    c.num_epochs = 40.0 if column == "svhn" else 300.0
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.1
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "piecewise"
+    c.optim.decay_at = (0.5, 0.75)
+    c.optim.decay_factor = 0.1
+    return c

@@ -25,11 +25,31 @@ through resnet_cifar (6n+2, basic units) or resnet_cifar_bottleneck (9n+2), e.g.
 ``--config=configs/cifar_resnet.py:resnet_cifar,c10+ --config.model.depth=56`` (6.97).
 """
 
-from dnjax import recipes
+from configs import common, default
 
-MODELS = recipes.RESNET_MODELS
-WARMUP_MODELS = recipes.RESNET_WARMUP_MODELS
+MODELS = common.cifar_models("resnet")
+WARMUP_MODELS = ("resnet110", "preact_resnet110")
 
 
 def get_config(arg="preact_resnet164,c10+"):
-    return recipes.cifar_resnet(arg)
+    model, column = common.parse_arg(arg, MODELS, default_model="preact_resnet164")
+    c = default.get_config()
+    c.model = dict(name=model)  # no dropout in He et al.'s networks
+    common.set_data(c, column)
+    c.data.pad = 4
+    c.data.flip = True
+
+    c.batch_size = 128
+    c.num_epochs = 164.0  # 64k iterations at batch 128 on 50k images (SVHN included)
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.1
+    c.optim.momentum = 0.9
+    c.optim.nesterov = False
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "piecewise"
+    c.optim.decay_at = (0.5, 0.75)
+    c.optim.decay_factor = 0.1
+    if model in WARMUP_MODELS:  # 0.01 for the first epoch, then 0.1
+        c.optim.warmup_epochs = 1.0
+        c.optim.warmup_factor = 0.1
+    return c

@@ -11,10 +11,13 @@ Published: the DenseNet paper has no VGG row and dnjax.published holds no figure
 networks, so the reports show none.
 """
 
-from dnjax import recipes
+from configs import cifar_densenet, common
 
-MODELS = recipes.VGG_MODELS
+MODELS = common.cifar_models("vgg")
 
 
 def get_config(arg="vgg16,c10+"):
-    return recipes.cifar_vgg(arg)
+    model, column = common.parse_arg(arg, MODELS, default_model="vgg16")
+    c = cifar_densenet.get_config(column)  # the DenseNets' recipe for this column
+    c.model = dict(name=model)  # no dropout: a VGG has no dense layers to put it after
+    return c

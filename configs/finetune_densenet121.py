@@ -20,8 +20,31 @@ from 0.001, cosine decay to 0, weight decay 1e-4 on all parameters; BatchNorm ke
 accelerators. No result of this recipe has been measured here.
 """
 
-from dnjax import recipes
+from configs import default
 
 
 def get_config(arg=None):
-    return recipes.finetune_densenet121(arg)
+    c = default.get_config()
+    c.model = dict(name="densenet121")
+    c.init_from = arg or None  # the converted workdir
+    c.data.dataset = "cifar100"
+    c.data.normalization = "imagenet"
+    c.data.augment = True
+    c.data.pad = 4
+    c.data.flip = True
+    c.data.resize = 224
+
+    c.batch_size = 128
+    c.eval_batch_size = 200
+    c.num_epochs = 15.0
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.01
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 1.0
+    c.optim.warmup_factor = 0.1
+    c.eval_every_epochs = 1.0
+    c.log_every_steps = 50
+    return c

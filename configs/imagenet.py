@@ -24,10 +24,33 @@ Published top-1 error (%, single crop, validation set):
 Any other ImageNet network of the zoo works too (resnet18..152, preact_resnet18..152).
 """
 
-from dnjax import recipes
+from configs import default
+from dnjax import models
 
-MODELS = recipes.IMAGENET_MODELS
+MODELS = models.names(input_shape=models.IMAGENET_INPUT, roles=("paper",))
 
 
 def get_config(arg="densenet121"):
-    return recipes.imagenet(arg)
+    model = (arg or "densenet121").strip()
+    if model not in MODELS:
+        raise ValueError(f"config argument {arg!r} is not an ImageNet network; use one of {', '.join(MODELS)}")
+    c = default.get_config()
+    c.model = dict(name=model)
+    c.data.dataset = "imagenet2012"  # streamed through grain; augmentation in dnjax.data.imagenet
+    c.data.image_size = 224
+    c.data.normalization = "mean_std"
+
+    c.batch_size = 256
+    c.eval_batch_size = 256
+    c.num_epochs = 90.0
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.1
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "piecewise"
+    c.optim.decay_at = (1 / 3, 2 / 3)  # epochs 30 and 60
+    c.optim.decay_factor = 0.1
+    c.dtype = "bfloat16"
+    c.log_every_steps = 100
+    return c

@@ -5,8 +5,8 @@ top-1 error, single crop). ``configs/imagenet.py`` documents the recipe and the 
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 """
 
-from dnjax import recipes
+from configs import imagenet
 
 
 def get_config():
-    return recipes.imagenet("densenet121")
+    return imagenet.get_config("densenet121")

@@ -6,15 +6,13 @@ two CPU cores, and the test error falls from 90% (chance) to a few percent.
     python -m dnjax.main --config=configs/quickstart.py --workdir=/tmp/dnjax-quickstart
 """
 
-from dnjax import defaults
+from configs import default
 
 
 def get_config():
-    c = defaults.get_config("densenet_cifar")
-    c.model.depth = 16  # DenseNet-BC, 2 bottleneck layers per block
-    c.model.growth_rate = 12
-    c.model.bottleneck = True
-    c.model.compression = 0.5
+    c = default.get_config()
+    # DenseNet-BC with 2 bottleneck layers per block (depth 16), growth rate 12.
+    c.model = dict(name="densenet_cifar", depth=16, growth_rate=12, bottleneck=True, compression=0.5)
     c.data.dataset = "digits"
     c.data.pad = 1  # 8x8 images: a one-pixel shift
     c.data.flip = False  # digits are not mirror-symmetric

@@ -6,15 +6,17 @@ first second with a one-line message rather than minutes later inside a trace.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import ml_collections
 
-from dnjax import defaults, models, profiling, storage
+from dnjax import models, profiling, storage
 from dnjax.data.choices import DATASETS, NORMALIZATIONS, STREAMED_DATASETS
 from dnjax.models.common import DTYPES
 
@@ -236,33 +238,194 @@ def unknown_field_message(config: ml_collections.ConfigDict, path: str) -> str:
 
 def _get(config, dotted: str):
     node = config
-    for part in dotted.split("."):
+    for part in dotted.split(".") if dotted else ():
         node = node[part]
     return node
 
 
 def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str], flag: str = "config") -> None:
     """ConfigError for the first ``--<flag>.<path>=...`` of ``argv`` naming a field that
-    ``config`` (the config file's, before overrides) does not have."""
-    prefix = f"--{flag}."
-    for arg in argv:
-        if arg.startswith(prefix):
-            path = arg[len(prefix):].split("=", 1)[0]
-            if _missing_path(config, path) is not None:
-                raise ConfigError(unknown_field_message(config, path))
+    ``config`` (the config file's, before overrides) does not have and that is not a field of the
+    chosen network."""
+    overrides = _flag_overrides(argv, flag)
+    name = dict(overrides).get("model.name") or config.model.name
+    fields = models.field_types(name) if name in models.ZOO else {}
+    for path, _ in overrides:
+        if _missing_path(config, path) is not None and path.removeprefix("model.") not in fields:
+            raise ConfigError(unknown_field_message(config, path))
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """The config of ``--config=PATH[:ARG]``, loaded as config_flags loads it."""
+def make_importable(spec: str) -> None:
+    """Config files build on each other (``from configs import default``). When a config file's
+    folder is a package (it holds ``__init__.py``), the folder above it goes first on ``sys.path``,
+    so that ``--config=/path/to/dnjax/configs/x.py`` works from any directory."""
+    folder = Path(spec.partition(":")[0]).resolve().parent
+    if (folder / "__init__.py").is_file() and str(folder.parent) not in sys.path:
+        sys.path.insert(0, str(folder.parent))
+
+
+def load_config_file(spec: str, overrides: Sequence[tuple[str, Any]] = ()) -> ml_collections.ConfigDict:
+    """The config of ``--config=PATH[:ARG]``, loaded as config_flags loads it, with ``overrides``
+    (dotted field, value) applied as the command line applies them (``apply_overrides``)."""
     import importlib.util
 
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("dnjax_config_file", path)
     if module_spec is None or not Path(path).is_file():
         raise ConfigError(f"--config={spec}: {path} is not a config file")
+    make_importable(spec)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    config = module.get_config(arg) if arg else module.get_config()
+    return apply_overrides(config, overrides) if overrides else config
+
+
+def repository_config(name: str) -> str:
+    """The path of ``configs/<name>`` in the repository this dnjax runs from (a checkout, as
+    ``pip install -e .`` installs it), for tools whose default is one of the paper's recipes."""
+    path = Path(__file__).resolve().parent.parent / "configs" / name
+    if not path.is_file():
+        raise ConfigError(f"configs/{name} is not beside this dnjax ({path.parent.parent}): run dnjax from "
+                          f"its repository (pip install -e .) or pass --config=PATH/configs/{name}")
+    return str(path)
+
+
+def _parse_text(text: str, kind: type) -> Any:
+    """A command-line value for a field of type ``kind``, read as config_flags reads it."""
+    if kind is str:
+        return text
+    if kind is bool:
+        if text.lower() in ("true", "1"):
+            return True
+        if text.lower() in ("false", "0"):
+            return False
+        raise ValueError
+    try:
+        value = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+        raise ValueError from None
+    return tuple(value) if kind is tuple and isinstance(value, list) else value
+
+
+def _model_field_value(name: str, field: str, value: Any) -> Any:
+    """``value`` (a command-line text or a Python value) as the type the network's field takes."""
+    kind = models.field_types(name)[field]
+    try:
+        if isinstance(value, str) and kind is not str:
+            value = _parse_text(value, kind)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok = value is None or (isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"config.model.{field}={value!r} is invalid: model {name!r} takes "
+                          f"{field} as {kind.__name__}")
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, Any]]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with each (dotted field, value) of ``overrides`` set. A config file's
+    ``config.model`` holds only the fields its recipe sets; any other field of the chosen network
+    (``models.field_types``) can be set too, and is typed by the network. A field that does not
+    exist, or a value of the wrong type, is a ConfigError naming it."""
+    config = config.copy_and_resolve_references()
+    overrides = list(overrides)
+    # The network first: which model fields exist depends on it.
+    overrides.sort(key=lambda kv: kv[0] != "model.name")
+    for path, value in overrides:
+        missing = _missing_path(config, path)
+        if missing is None:
+            *parents, leaf = path.split(".")
+            try:
+                _get(config, ".".join(parents))[leaf] = value
+            except TypeError as e:
+                raise ConfigError(f"config.{path}={value!r} is invalid: {e}") from None
+            continue
+        field = path.removeprefix("model.")
+        if missing == path and path.startswith("model.") and field in models.field_types(config.model.name):
+            config.model[field] = _model_field_value(config.model.name, field, value)
+            continue
+        raise ConfigError(unknown_field_message(config, path))
+    return config
+
+
+def _flag_overrides(argv: Sequence[str], flag: str) -> list[tuple[str, str | None]]:
+    """(dotted field, text or None when the flag has no value) of each ``--<flag>.FIELD`` of argv."""
+    out = []
+    for i, arg in enumerate(argv):
+        for prefix in (f"--{flag}.", f"--no{flag}."):
+            if arg.startswith(prefix):
+                body = arg[len(prefix):]
+                if "=" in body:
+                    out.append(tuple(body.split("=", 1)))
+                elif i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                    out.append((body, argv[i + 1]))
+                else:
+                    out.append((body, "false" if prefix.startswith("--no") else None))
+    return out
+
+
+def check_flag_overrides(file_config: ml_collections.ConfigDict, parsed: ml_collections.ConfigDict,
+                         argv: Sequence[str], flag: str = "config") -> ml_collections.ConfigDict:
+    """``parsed`` (the config file's config after config_flags applied the overrides of ``argv``,
+    accepting new fields) with each field the file did not have checked: a field of the chosen
+    network (``models.field_types``) is typed by it; any other is a ConfigError naming it."""
+    if parsed.model.name not in models.ZOO:
+        _fail("model.name", parsed.model.name, f"valid names are {sorted(models.ZOO)}")
+    fields = models.field_types(parsed.model.name)
+    for path, text in _flag_overrides(argv, flag):
+        if _missing_path(file_config, path) is None:
+            continue
+        field = path.removeprefix("model.")
+        if path.startswith("model.") and "." not in field and field in fields:
+            value = "true" if text is None and fields[field] is bool else text
+            parsed.model[field] = _model_field_value(parsed.model.name, field, value)
+        else:
+            raise ConfigError(unknown_field_message(file_config, path))
+    return parsed
+
+
+_FLAG_CONFIGS: dict[str, ml_collections.ConfigDict] = {}
+
+
+def parse_flags(argv: list[str], flag: str = "config") -> list[str]:
+    """absl's flag parsing for a command line with a config-file flag, defined with
+    ``config_flags.DEFINE_config_file(flag, accept_new_attributes=True, lock_config=False)``: a
+    config file's ``config.model`` holds only the fields its recipe sets, so config_flags is let
+    to add fields, and ``check_flag_overrides`` then admits only the chosen network's fields
+    among them. A field that does not exist, or a bad value of a model field, ends the program
+    with status 2 and one line naming it (``flag_config`` gives the checked config)."""
+    from absl import app, flags
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+    try:
+        if spec is not None:
+            make_importable(spec)
+        rest = app.parse_flags_with_usage(argv)
+        parsed = flags.FLAGS[flag].value
+        if spec is not None and parsed is not None:
+            _FLAG_CONFIGS[flag] = check_flag_overrides(load_config_file(spec), parsed, argv[1:], flag)
+        return rest
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError, TypeError) as e:
+        # config_flags' own errors: a field under a parent that does not exist, or a value that
+        # does not fit its field.
+        message = f"error: a --{flag}.FIELD override does not fit the config ({type(e).__name__}: {e}); give each as --{flag}.FIELD=VALUE"
+        if spec is not None:
+            try:
+                check_overrides(load_config_file(spec), argv[1:], flag)
+            except ConfigError as known:
+                message = f"error: {known}"
+        print(message, file=sys.stderr)
+        sys.exit(2)
+
+
+def flag_config(holder, flag: str = "config") -> ml_collections.ConfigDict:
+    """The config of a config-file flag parsed by ``parse_flags``."""
+    return _FLAG_CONFIGS.get(flag, holder.value)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -275,16 +438,33 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Fields that a config.json written by an earlier version of dnjax lacks, with the value that
+# keeps that version's behaviour.
+ADDED_FIELDS = {
+    "halt_after_steps": -1, "profile_steps": "", "init_from": None, "data.workers": 0,
+    "data.npz_label": "label", "data.resize": None, "data.train_fraction": None, "data.subset_seed": None,
+}
+
+
+def _tuples(d: dict) -> dict:
+    return {k: _tuples(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v
+            for k, v in d.items()}
+
+
 def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-    """A run's config from its ``config.json``: the defaults for its model, updated with what was
-    saved. Model fields another version of the layout wrote as None (unset) are dropped."""
+    """A run's config from its ``config.json``, as it was saved (JSON lists read as tuples), with
+    ``ADDED_FIELDS`` where the file predates them. Model fields saved as None (unset, as earlier
+    versions wrote every field of the network's family) are dropped."""
     model = dict(saved.get("model", {}))
-    name = model.get("name", defaults.DEFAULT_MODEL)
-    config = defaults.get_config(name)
-    fields = config.model
-    saved = dict(saved, model={k: v for k, v in model.items()
-                               if k == "name" or k in fields or v is not None})
-    config.update_from_flattened_dict(_flatten(saved))
+    if "name" not in model:
+        raise ConfigError("config.json has no model.name: it is not the config of a dnjax run")
+    model = {k: v for k, v in model.items() if k == "name" or v is not None}
+    config = ml_collections.ConfigDict(_tuples(dict(saved, model=model)))
+    for path, value in ADDED_FIELDS.items():
+        *parents, leaf = path.split(".")
+        node = _get(config, ".".join(parents)) if parents else config
+        if leaf not in node:
+            node[leaf] = value
     return config
 
 

@@ -25,7 +25,9 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py", lock_config=True)
+# New fields are let in for config.model, whose other fields config_lib.parse_flags checks.
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py",
+                                          lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the saved config.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
@@ -100,7 +102,7 @@ def main(argv):
     from dnjax.runtime.workdir import WorkdirError
 
     try:
-        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ACCEPT.value, _LEASE.value)
+        result = train.train_and_evaluate(config_lib.flag_config(_CONFIG), _WORKDIR.value, _ACCEPT.value, _LEASE.value)
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -142,27 +144,10 @@ def main(argv):
     return 0
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a one-line error (status 2) for ``--config.FIELD=...`` naming a
-    field the config does not have, where ml_collections would end in a traceback."""
-    try:
-        return app.parse_flags_with_usage(argv)
-    except (AttributeError, KeyError) as e:
-        from dnjax import config_lib
-
-        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        message = f"error: a --config.FIELD override names no field of the config: {e}"
-        if spec is not None:
-            try:
-                config_lib.check_overrides(config_lib.load_config_file(spec), argv[1:])
-            except config_lib.ConfigError as known:
-                message = f"error: {known}"
-        print(message, file=sys.stderr)
-        sys.exit(2)
-
-
 def run():
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+    from dnjax import config_lib
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ cheap compilation); everything else reads hand-written logs or traces models.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -28,20 +27,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 def config_from_args(args: list[str]):
     """Builds the config a ``dnjax.main`` argument list describes, the way config_flags would:
-    the config file with its argument, then each --config.KEY=VALUE parsed to the field's type."""
+    the config file with its argument, then each --config.KEY=VALUE parsed to the field's type
+    (a model field the file does not set: to the type the network gives it)."""
+    from dnjax import config_lib
+
     flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--"))
-    path, _, arg = flags.pop("config").partition(":")
-    assert (REPO / path).is_file(), path
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    config = module.get_config(arg)
+    spec = flags.pop("config")
+    assert (REPO / spec.partition(":")[0]).is_file(), spec
+    config = config_lib.load_config_file(spec)
     flags.pop("workdir")
     for key, text in flags.items():
         assert key.startswith("config."), key
-        *parents, leaf = key.removeprefix("config.").split(".")
+        path = key.removeprefix("config.")
+        *parents, leaf = path.split(".")
         node = config
         for p in parents:
             node = node[p]
-        assert leaf in node, f"{key} is not a config field"
+        if leaf not in node:
+            config = config_lib.apply_overrides(config, [(path, text)])  # a model field, typed by the network
+            continue
         kind = node.get_type(leaf)  # for a placeholder, the type it was declared with
         value = {"True": True, "False": False}[text] if kind is bool else kind(text)
         node[leaf] = value

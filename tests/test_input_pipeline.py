@@ -738,9 +738,10 @@ def test_bad_train_fraction_is_refused_naming_the_field(bad, tmp_path):
 
 
 def test_config_refuses_a_bad_train_fraction_and_one_for_streamed_data():
-    from dnjax import config_lib, defaults
+    from configs import default
+    from dnjax import config_lib
 
-    c = defaults.get_config("densenet_tiny")
+    c = default.get_config("densenet_tiny")
     c.data.train_fraction = 1.5
     with pytest.raises(config_lib.ConfigError, match=r"config\.data\.train_fraction=1\.5 is invalid: it must be in \(0, 1\]"):
         config_lib.validate(c)

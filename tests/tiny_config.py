@@ -1,10 +1,10 @@
 """A tiny, fast run for tests: DenseNet-BC-tiny on the bundled 8x8 digits."""
 
-from dnjax import defaults
+from configs import default
 
 
 def get_config(arg=None):
-    c = defaults.get_config("densenet_bc_tiny")
+    c = default.get_config("densenet_bc_tiny")
     c.data.dataset = "digits"
     c.data.pad = 1
     c.data.flip = True

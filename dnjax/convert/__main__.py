@@ -3,8 +3,8 @@
     python -m dnjax.convert torchvision --model=densenet121 --weights=densenet121.pth --out=DIR
     python -m dnjax.evaluate --workdir=DIR            # ImageNet validation, torchvision's transform
 
-The workdir's config is the ImageNet recipe of MODEL (``dnjax.recipes.imagenet``, as
-``configs/imagenet.py:MODEL``) in float32 unless ``--config`` names another (with it, any
+The workdir's config is the ImageNet recipe of MODEL (``configs/imagenet.py:MODEL`` of the
+repository dnjax runs from) in float32 unless ``--config`` names another (with it, any
 ``--config.FIELD=VALUE`` override works as in ``dnjax.main``, e.g. ``--config.data.data_dir``). ``.pth`` files need torch; ``.safetensors`` and ``.npz`` do not.
 Exit status 2 with a one-line error, and nothing written, when the weights do not fit the model.
 """
@@ -26,7 +26,7 @@ _OUT = flags.DEFINE_string("out", None, "The workdir to create (must not exist o
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None,
     "The run config the workdir gets (default: the ImageNet recipe of --model, in float32); its "
-    "model.name is set to --model.", lock_config=False,
+    "model.name is set to --model.", lock_config=False, accept_new_attributes=True,
 )
 flags.mark_flags_as_required(["model", "weights", "out"])
 
@@ -63,19 +63,20 @@ def main(argv):
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("absl", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from dnjax import config_lib, models
     from dnjax.convert import ConversionError
 
-    config = _CONFIG.value
     try:
-        if config is None:
-            from dnjax import recipes
-
+        if _CONFIG.value is None:
             # A model without an ImageNet recipe is refused by convert() with the supported list.
-            known = _MODEL.value in recipes.IMAGENET_MODELS
-            config = recipes.imagenet(_MODEL.value if known else None)
-            config.dtype = "float32"  # torchvision's published accuracies are float32 figures
+            imagenet = _MODEL.value in models.names(input_shape=models.IMAGENET_INPUT)
+            spec = f"{config_lib.repository_config('imagenet.py')}:{_MODEL.value if imagenet else ''}"
+            # torchvision's published accuracies are float32 figures
+            config = config_lib.load_config_file(spec, [("dtype", "float32")])
+        else:
+            config = config_lib.flag_config(_CONFIG)
         out = convert(_MODEL.value, _WEIGHTS.value, _OUT.value, config)
-    except ConversionError as e:
+    except (ConversionError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Wrote {out}: {_MODEL.value} from {_WEIGHTS.value} (step 0). Evaluate with "
@@ -84,4 +85,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from dnjax import config_lib
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)

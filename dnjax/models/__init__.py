@@ -4,9 +4,9 @@ studies' family checks and the ``python -m dnjax.models`` table.
 ``get_model(name, num_classes=10, **overrides)`` builds a flax module; overrides are the module's
 (or its builder's) fields, e.g. ``get_model('densenet_bc100_k12', dropout_rate=0.2,
 memory_efficient=True)`` or ``get_model('densenet_cifar', depth=52, growth_rate=12)``.
-``field_types(name)`` lists those fields with their types; a run's ``config.model`` holds those of
-the network's whole family (``family_field_types``), so every field can be set (and is checked)
-on the command line.
+``field_types(name)`` lists those fields with their types: a run's ``config.model`` sets any of
+them (a config file spells out those of its recipe; the command line may set the others), and
+one the network does not take is refused, naming it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ IMAGENET_INPUT = (224, 224, 3)
 CIFAR_CLASSES = 10
 IMAGENET_CLASSES = 1000
 
-FAMILIES = ("densenet", "resnet", "vgg")
 # A zoo entry is a published network ("paper"), a builder for any depth ("builder"), or a tiny
 # network of the family for tests and smoke runs ("tiny").
 ROLES = ("paper", "builder", "tiny")
@@ -39,7 +38,7 @@ ROLES = ("paper", "builder", "tiny")
 class ZooEntry:
     name: str
     factory: Callable[..., nn.Module]
-    family: str  # one of FAMILIES
+    family: str  # a name shared by the networks of one model file: densenet, resnet, vgg
     input_shape: tuple[int, int, int]
     num_classes: int
     role: str = "paper"  # one of ROLES
@@ -105,6 +104,7 @@ def _entries() -> dict[str, ZooEntry]:
 
 
 ZOO: dict[str, ZooEntry] = _entries()
+FAMILIES = tuple(dict.fromkeys(e.family for e in ZOO.values()))  # densenet, resnet, vgg, in the zoo's order
 
 # Names that are builders for arbitrary depths rather than fixed networks (left out of the table).
 GENERIC = tuple(n for n, e in ZOO.items() if e.role == "builder")
@@ -184,17 +184,6 @@ def field_types(name: str) -> dict[str, type]:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 annotations[p.name] = (p.annotation, None if p.default is p.empty else p.default)
     return {k: _field_type(*annotations[k]) for k in accepted_fields(factory) if k not in RUN_FIELDS}
-
-
-def family_field_types(family: str) -> dict[str, type]:
-    """The fields any network of ``family`` takes (module fields and builder arguments), typed:
-    what a run's ``config.model`` holds, so that ``model.name`` can change within the family on
-    the command line. Which of them a given network accepts is ``field_types(name)``."""
-    out: dict[str, type] = {}
-    for n in names(family):
-        for k, t in field_types(n).items():
-            out.setdefault(k, t)
-    return dict(sorted(out.items()))
 
 
 def get_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:

@@ -63,10 +63,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], variables: Any = 
 
 
 def layers_per_block(model: nn.Module) -> tuple[int, ...]:
+    """Layers (or residual units) per block or stage: DenseNet's block_sizes, ResNet's
+    stage_sizes, the lengths of VGG's stages; () for a network that has none of these fields."""
     for field in ("block_sizes", "stage_sizes"):
         if hasattr(model, field):
             return tuple(getattr(model, field))
-    return tuple(len(s) for s in model.stages)
+    return tuple(len(s) for s in getattr(model, "stages", ()))
 
 
 def describe(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
