@@ -8,6 +8,7 @@ cheap compilation); everything else reads hand-written logs or traces models.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -144,6 +145,38 @@ def test_study_contents():
     rvd = studies.STUDIES["resnet_vs_densenet"].runs
     assert {r.model for r in rvd} >= {"densenet_bc100_k12", "preact_resnet164", "preact_resnet1001"}
     assert all(r.dataset == "C100+" for r in rvd)
+
+
+def test_families_and_smoke_stand_ins_are_the_zoos_kinds_of_network():
+    expected = {  # zoo network -> (family line of the plots, tiny stand-in of the smoke budget)
+        "densenet40_k12": ("DenseNet", "densenet_tiny"), "densenet100_k24": ("DenseNet", "densenet_tiny"),
+        "densenet_bc100_k12": ("DenseNet-BC", "densenet_bc_tiny"), "densenet_bc190_k40": ("DenseNet-BC", "densenet_bc_tiny"),
+        "resnet110": ("ResNet", "resnet_tiny"), "resnet1001": ("ResNet", "resnet_tiny"),
+        "preact_resnet164": ("pre-act. ResNet", "preact_resnet_tiny"), "vgg16": ("VGG", "vgg_tiny"),
+    }
+    smoke = {r.name: r for r in studies.study_runs("table2", "smoke")}
+    seen = set()
+    for r in studies.STUDIES["table2"].runs:
+        if r.model in expected:
+            seen.add(r.model)
+            assert (r.family, dict(smoke[r.name].overrides)["model.name"]) == expected[r.model], r.name
+    assert seen == set(expected)
+    pp = studies.study_runs("pre_vs_post_activation", "smoke")
+    assert {(r.stands_for, r.family, r.label) for r in pp if r.dataset.startswith("C10+")} == {
+        ("DenseNet-BC (L=100, k=12)", "DenseNet-BC", "densenet_bc_tiny"),
+        ("DenseNet-BC (L=100, k=12), post-act.", "DenseNet-BC (post-act.)", "densenet_bc_tiny, post-act."),
+        ("pre-act. ResNet-164", "pre-act. ResNet", "preact_resnet_tiny"),
+        ("ResNet-164", "ResNet", "resnet_tiny"),
+    }
+    # The kind is the module's, whatever the name: the ImageNet DenseNets are DenseNet-BCs, and a
+    # builder's fields decide its stand-in.
+    assert studies._family("densenet121") == "DenseNet-BC"
+    bc = studies.Run(name="bc", config=studies.DENSENET_CONFIG + ":densenet_cifar,c10+", dataset="C10+", label="bc",
+                     family="", overrides=(("model.depth", 22), ("model.bottleneck", True), ("model.compression", 0.5)))
+    assert studies._tiny_model(bc) == "densenet_bc_tiny"
+    b = dataclasses.replace(bc, overrides=bc.overrides[:2])
+    with pytest.raises(ValueError, match="no tiny stand-in for model 'densenet_cifar' \\(a DenseNet-B\\)"):
+        studies._tiny_model(b)
 
 
 def test_budgets_shrink_every_run(capsys, tmp_path):
