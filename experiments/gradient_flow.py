@@ -165,7 +165,7 @@ def measure(net: Run, config, workdir: Path) -> dict[str, Any]:
     gradients at the initial and at the trained parameters."""
     from dnjax import logs, train
     from experiments import feature_reuse
-    from experiments.run import is_finished
+    from experiments.results import is_finished
 
     if not is_finished(workdir):
         train.train_and_evaluate(config, workdir)

@@ -34,10 +34,9 @@ from typing import Sequence
 
 from dnjax import logs
 from experiments import studies
+from experiments.results import MANIFEST, RUNNER_LOG, is_finished, read_manifest
 from experiments.studies import REPO, Run, StudyError
 
-MANIFEST = "study.json"
-RUNNER_LOG = "runner.jsonl"
 PREEMPTED = 143
 
 
@@ -50,25 +49,8 @@ def main_command(run: Run, root: str, extra: Sequence[str] = (), python: str = "
     return [python, "-m", "dnjax.main", *run.args(workdir_of(root, run)), *extra]
 
 
-def is_finished(workdir: Path) -> bool:
-    from dnjax import logs
-
-    records, _ = logs.read_jsonl(Path(workdir) / logs.METRICS_FILE)
-    return any(r.get("type") == "final" for r in records)
-
-
 # ------------------------------------------------------------------------------------------------
-# The study's directory
-
-
-def read_manifest(root: Path) -> dict | None:
-    path = Path(root) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise StudyError(f"{path} is unreadable ({e}); is {root} a study directory?") from None
+# The study's directory (what it holds: experiments.results)
 
 
 def check_root(root: Path, study: str, budget: str, runs: Sequence[Run]) -> None:
