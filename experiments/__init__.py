@@ -1,2 +1,3 @@
 """Studies of the paper's claims: their runs (``studies``), the runner (``run``), the report and
-plots (``report``, ``plots``) and the feature-reuse heatmaps (``feature_reuse``)."""
+plots (``report``, ``plots``), and the analyses the runner also runs by name, gradient flow
+(``gradient_flow``) and the feature-reuse heatmaps (``feature_reuse``)."""

@@ -1,7 +1,9 @@
 """Feature reuse in a trained DenseNet, the paper's Figure 5: how strongly each layer's convolution
 weighs the feature maps of each earlier layer of its dense block.
 
-    python -m experiments.feature_reuse --workdir=runs/densenet40_k12_c10+ [--out=reuse.png]
+    python -m experiments.run feature_reuse --workdir=runs/densenet40_k12_c10+ [--out=reuse.png]
+
+(``python -m experiments.feature_reuse`` with the same options is the same command.)
 
 Inside a block, layer l's first convolution (the 3x3, or the 1x1 of a bottleneck layer) reads the
 concatenation [x_0, x_1, ..., x_{l-1}]: x_0 the block's input (the stem's or the preceding
@@ -30,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+PROG = "python -m experiments.feature_reuse"
 NORMALIZATIONS = ("column", "block", "none")
 
 
@@ -157,13 +160,18 @@ def plot(blocks: Sequence[dict[str, Any]], path: str | Path, title: str = "") ->
     return Path(path)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.feature_reuse", description=__doc__.split("\n\n")[0])
+def parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command's options; ``prog`` names the command in usage and help."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a DenseNet run's workdir")
     p.add_argument("--out", default=None, help="the PNG (default WORKDIR/feature_reuse.png); a .json beside it")
     p.add_argument("--step", type=int, default=None, help="a checkpoint step instead of the newest")
     p.add_argument("--normalize", default="column", choices=NORMALIZATIONS)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    a = parser(prog).parse_args(argv)
     try:
         params = load_params(a.workdir, a.step)
         blocks = block_matrices(params, a.normalize)

@@ -1,7 +1,9 @@
 """Gradient flow: the norm of the loss gradient that reaches each layer of a plain CNN, a ResNet and
 a DenseNet, at initialisation and after a short training.
 
-    python -m experiments.gradient_flow --out=DIR [--data_dir=../shared/data/cifar10] [--steps=100]
+    python -m experiments.run gradient_flow --out=DIR [--data_dir=../shared/data/cifar10] [--steps=60]
+
+(``python -m experiments.gradient_flow`` with the same options is the same command.)
 
 The seed's claim: dense connectivity gives every layer a short path to the loss ("implicit deep
 supervision"), so early layers receive strong gradients. For each network the command trains a
@@ -49,6 +51,7 @@ import numpy as np
 from experiments import studies
 from experiments.studies import Run
 
+PROG = "python -m experiments.gradient_flow"
 MEASURE_BATCH = 128
 FAMILIES = ("plain CNN", "ResNet", "DenseNet")
 DEFAULT_STEPS = 60
@@ -165,7 +168,7 @@ def measure(net: Run, config, workdir: Path) -> dict[str, Any]:
     gradients at the initial and at the trained parameters."""
     from dnjax import logs, train
     from experiments import feature_reuse
-    from experiments.run import is_finished
+    from experiments.results import is_finished
 
     if not is_finished(workdir):
         train.train_and_evaluate(config, workdir)
@@ -245,10 +248,11 @@ def markdown(results: Sequence[dict[str, Any]], description: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command's options; ``prog`` names the command in usage and help."""
     from dnjax import logs
 
-    p = argparse.ArgumentParser(prog="python -m experiments.gradient_flow", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="directory for the runs, gradient_flow.json/.png and report.md")
     p.add_argument("--data_dir", default=str(studies.SAMPLE_DIR),
                    help="directory holding train_10k.npz and test_10k.npz (the CIFAR-10 sample)")
@@ -256,7 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=[], help="measure only this network (repeatable)")
     p.add_argument("--smoke", action="store_true", help="tiny networks on scikit-learn's digits")
     logs.add_verbosity_flag(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    from dnjax import logs
+
+    a = parser(prog).parse_args(argv)
     logs.quiet_libraries(verbose=a.verbosity >= 0)
     if a.steps < 1:
         print(f"error: --steps={a.steps} must be at least 1", file=sys.stderr)

@@ -49,6 +49,18 @@ def _group_colors(results: Sequence["RunResult"]) -> dict[str, str]:
     return colors
 
 
+def _finish(fig, path: Path, log_axes=()) -> Path:
+    """Gives each axis of ``log_axes`` the grid of a log scale (major and minor lines) and a
+    legend, then lays out, writes and closes the figure."""
+    for ax in log_axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def curves(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
     shown = [r for r in results if r.evals or r.train]
     if not shown:
@@ -79,10 +91,7 @@ def curves(results: Sequence["RunResult"], path: Path, title: str = "") -> Path 
         for ax in (ax_err, ax_loss):
             ax.grid(alpha=0.3)
         ax_err.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def _reference_lines(ax, results: Sequence["RunResult"], colors: dict[str, str]) -> None:
@@ -136,12 +145,7 @@ def efficiency(results: Sequence["RunResult"], path: Path, title: str = "") -> P
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.margins(x=0.15, y=0.15)
             ax.set(xlabel=xlabel, ylabel="final test error (%)", title=f"{dataset}: error vs {xlabel}{title}")
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, path, log_axes=axes.flat)
 
 
 def _strip_activation(label: str) -> str:
@@ -196,10 +200,7 @@ def activation(results: Sequence["RunResult"], path: Path, title: str = "") -> P
     ax.set(ylabel="final test error (%)", title=f"Pre- vs post-activation layers{title}")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def data_efficiency(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
@@ -229,12 +230,7 @@ def data_efficiency(results: Sequence["RunResult"], path: Path, title: str = "")
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set(xlabel="share of the training set (class-balanced, nested subsets)", ylabel="final test error (%)",
            title=f"Test error against training-set size{title}")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, path, log_axes=[ax])
 
 
 PLOTS = {"curves": curves, "efficiency": efficiency, "activation": activation, "data_efficiency": data_efficiency}

@@ -29,8 +29,7 @@ from typing import Any, Sequence
 from dnjax import logs
 from dnjax.units import human
 from experiments import studies
-from experiments.results import FINISHED, RunResult  # RunResult re-exported: report.RunResult
-from experiments.run import MANIFEST, RUNNER_LOG, read_manifest
+from experiments.results import FINISHED, MANIFEST, RUNNER_LOG, RunResult, read_manifest  # report.RunResult too
 from experiments.studies import Run, StudyError
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""Runs a study: its runs one after another on this host, or their command lines for a cluster.
+"""Runs a study (its runs one after another on this host, or their command lines for a cluster) or
+an analysis.
 
     python -m experiments.run STUDY --root=DIR [--budget=full|smoke|cifar10-sample|cifar100-cpu] [--only=NAME]
     python -m experiments.run STUDY --root=DIR --print [--format=shell|slurm]
+    python -m experiments.run ANALYSIS [its options]      (ANALYSIS --help lists them)
+    python -m experiments.run --list                      (the studies and the analyses)
 
 Each run trains in ``DIR/<run name>`` through ``python -m dnjax.main``. A run whose log holds a
 final record is skipped; any other is started, or resumed from its checkpoints by dnjax itself, so
@@ -17,28 +20,90 @@ saves a checkpoint; the runner then exits with 143 like dnjax itself.
 
 Exit status: 0 when every selected run has finished, 1 when some failed or stopped early, 2 on a
 bad study, run or root, 143 when preempted.
+
+An analysis (``ANALYSES``) measures what the studies' logs do not hold: the gradient reaching each
+layer (``gradient_flow``), the weights each DenseNet layer gives its inputs (``feature_reuse``).
+The name comes first and the rest are the analysis's own options, output and exit status;
+``python -m experiments.run NAME ...`` and ``python -m experiments.NAME ...`` are the same command.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Sequence
 
 from dnjax import logs
-from experiments import studies
+from experiments import feature_reuse, gradient_flow, studies
+from experiments.results import MANIFEST, RUNNER_LOG, is_finished, read_manifest
 from experiments.studies import REPO, Run, StudyError
 
-MANIFEST = "study.json"
-RUNNER_LOG = "runner.jsonl"
 PREEMPTED = 143
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """A command beside the studies, run as ``python -m experiments.run NAME [options]``: the
+    ``parser(prog)`` and ``main(argv, prog)`` of its module, which describes it in its docstring."""
+
+    name: str
+    module: ModuleType
+
+    @property
+    def prog(self) -> str:
+        return f"python -m experiments.run {self.name}"
+
+    @property
+    def description(self) -> str:
+        return " ".join(self.module.__doc__.split("\n\n")[0].split())
+
+    def parser(self) -> argparse.ArgumentParser:
+        return self.module.parser(self.prog)
+
+    def main(self, argv: Sequence[str]) -> int:
+        return self.module.main(list(argv), prog=self.prog)
+
+
+ANALYSES: dict[str, Analysis] = {a.name: a for a in (
+    Analysis("gradient_flow", gradient_flow), Analysis("feature_reuse", feature_reuse))}
+
+
+def listing(width: int = 100) -> str:
+    """What the runner runs: every study (its runs at the full budget and its first sentence) and
+    every analysis."""
+    pad = max(map(len, [*studies.STUDIES, *ANALYSES])) + 4
+
+    def item(name: str, text: str) -> str:
+        return textwrap.fill(text, width, initial_indent=f"  {name:<{pad - 2}}", subsequent_indent=" " * pad,
+                             break_on_hyphens=False)
+
+    lines = ["Studies (python -m experiments.run STUDY --root=DIR, python -m experiments.report STUDY --root=DIR):"]
+    for s in studies.STUDIES.values():
+        lines.append(item(s.name, f"{len(s.runs)} runs. {s.description.split('. ')[0].removesuffix('.')}."))
+    lines.append("Analyses (python -m experiments.run ANALYSIS [options]; ANALYSIS --help lists them):")
+    lines += [item(a.name, a.description) for a in ANALYSES.values()]
+    return "\n".join(lines) + "\n"
+
+
+class _List(argparse.Action):
+    """``--list``: prints the listing and exits 0, whatever else is given (as ``--help`` does)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(listing(), end="")
+        parser.exit()
 
 
 def workdir_of(root: str, run: Run) -> str:
@@ -50,25 +115,8 @@ def main_command(run: Run, root: str, extra: Sequence[str] = (), python: str = "
     return [python, "-m", "dnjax.main", *run.args(workdir_of(root, run)), *extra]
 
 
-def is_finished(workdir: Path) -> bool:
-    from dnjax import logs
-
-    records, _ = logs.read_jsonl(Path(workdir) / logs.METRICS_FILE)
-    return any(r.get("type") == "final" for r in records)
-
-
 # ------------------------------------------------------------------------------------------------
-# The study's directory
-
-
-def read_manifest(root: Path) -> dict | None:
-    path = Path(root) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise StudyError(f"{path} is unreadable ({e}); is {root} a study directory?") from None
+# The study's directory (what it holds: experiments.results)
 
 
 def check_root(root: Path, study: str, budget: str, runs: Sequence[Run]) -> None:
@@ -215,8 +263,17 @@ def run_study(study: str, root: Path, runs: Sequence[Run], budget: str, extra: S
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options of a runner command line: a study's, or, where the first argument names an
+    analysis, that analysis's own. ``analysis`` is the analysis's name, or None for a study."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ANALYSES:
+        a = ANALYSES[argv[0]].parser().parse_args(argv[1:])
+        a.analysis = argv[0]
+        return a
     p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("study", help=f"one of: {', '.join(studies.STUDIES)}")
+    p.add_argument("study", help=f"one of: {', '.join(studies.STUDIES)}; or an analysis, one of: "
+                   f"{', '.join(ANALYSES)}, followed by its own options (ANALYSIS --help lists them)")
+    p.add_argument("--list", action=_List, help="list the studies and the analyses, and exit")
     p.add_argument("--root", required=True, help="directory of the study; each run in ROOT/<run name>")
     p.add_argument("--budget", default="full", choices=studies.BUDGETS)
     p.add_argument("--smoke", action="store_true", help="the same as --budget=smoke")
@@ -228,10 +285,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--print", action="store_true", dest="print_only", help="print the commands, run nothing")
     p.add_argument("--format", default="shell", choices=("shell", "slurm"))
     logs.add_verbosity_flag(p)
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    a.analysis = None
+    return a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ANALYSES:
+        return ANALYSES[argv[0]].main(argv[1:])
     a = parse_args(argv)
     logs.quiet_libraries(verbose=a.verbosity >= 0)
     budget = "smoke" if a.smoke else a.budget

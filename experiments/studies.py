@@ -136,16 +136,22 @@ def _config(model: str, dataset: str) -> str:
     return f"{path}:{model},{dataset}"
 
 
+# The plots' name of each kind of network the zoo tells apart (models.VARIANTS).
+FAMILY_LABELS = {
+    "densenet": "DenseNet", "densenet_b": "DenseNet-B", "densenet_c": "DenseNet-C", "densenet_bc": "DenseNet-BC",
+    "resnet": "ResNet", "preact_resnet": "pre-act. ResNet", "vgg": "VGG",
+}
+
+
 def _family(model: str, activation: str | None = None) -> str:
-    if model.startswith("densenet_bc"):
-        return "DenseNet-BC" + (" (post-act.)" if activation == "post" else "")
-    if model.startswith("densenet"):
-        return "DenseNet"
-    if model.startswith("preact_resnet"):
-        return "pre-act. ResNet"
-    if model.startswith("resnet"):
-        return "ResNet"
-    return "VGG"
+    """The line a run of zoo network ``model`` is drawn on: the kind of network the zoo says it is,
+    and for a DenseNet whose layers ``activation`` turns to post-activation, that."""
+    from dnjax import models
+
+    label = FAMILY_LABELS[models.variant(model)]
+    if activation == "post" and models.family(model) == "densenet":
+        label += " (post-act.)"
+    return label
 
 
 def paper_run(model: str, dataset: str, *, name: str | None = None, activation: str | None = None,
@@ -274,18 +280,17 @@ def _data_efficiency() -> Study:
 # ------------------------------------------------------------------------------------------------
 # Budgets
 
-_TINY = {  # a zoo network -> its tiny stand-in for smoke runs
-    "densenet": "densenet_tiny", "densenet_bc": "densenet_bc_tiny",
-    "resnet": "resnet_tiny", "preact_resnet": "preact_resnet_tiny", "vgg": "vgg_tiny",
-}
-
-
 def _tiny_model(run: Run) -> str:
-    model = run.model
-    for prefix in ("densenet_bc", "preact_resnet", "densenet", "resnet", "vgg"):
-        if model.startswith(prefix):
-            return _TINY[prefix]
-    raise ValueError(f"run {run.name}: no tiny stand-in for model {model!r}")
+    """The zoo's tiny network of the same family and kind (models.variant) as the run's network
+    with the run's model fields."""
+    from dnjax import models
+
+    fields = {k.removeprefix("model."): v for k, v in run.overrides if k.startswith("model.") and k != "model.name"}
+    kind = models.variant(run.model, **fields)
+    for tiny in models.names(models.family(run.model), roles=("tiny",)):
+        if models.variant(tiny) == kind:
+            return tiny
+    raise ValueError(f"run {run.name}: no tiny stand-in for model {run.model!r} (a {FAMILY_LABELS[kind]})")
 
 
 SMOKE_OVERRIDES: tuple[tuple[str, Any], ...] = (

@@ -265,25 +265,40 @@ def test_every_documented_command_loads_its_config_and_overrides_only_existing_f
     assert skipped <= 10, skipped
 
 
-def test_every_documented_study_command_parses_with_the_runner(monkeypatch):
+def test_every_documented_study_and_analysis_command_parses_with_the_runner(monkeypatch, capsys):
+    """A study the runner accepts with the options shown, or an analysis (``python -m
+    experiments.run ANALYSIS ...`` or its module's own ``python -m experiments.ANALYSIS ...``)
+    whose options parse; ``--list`` lists and exits 0."""
     monkeypatch.syspath_prepend(str(REPO))
     from experiments import run, studies
 
-    checked = reports = 0
+    checked = reports = analyses = listed = 0
+    modules = {a.module.__name__: a for a in run.ANALYSES.values()}
     for page, module, args in _commands():
         positional = [a for a in args if a[0] != "-"]
         if module == "experiments.report" and positional and not PLACEHOLDER.fullmatch(positional[0]):
             assert positional[0] in studies.STUDIES, f"{page}: python -m experiments.report {' '.join(args)}"
             reports += 1
+        if module in modules and args:  # python -m experiments.gradient_flow --out=...
+            args = [modules[module].name, *args]
+            module = "experiments.run"
         if module != "experiments.run" or not args or any(PLACEHOLDER.fullmatch(a) for a in positional):
             continue
+        where = f"{page}: python -m experiments.run {' '.join(args)}"
         try:
             parsed = run.parse_args(args)
-        except SystemExit:
-            raise AssertionError(f"{page}: python -m experiments.run {' '.join(args)}: the runner refuses it") from None
+        except SystemExit as e:
+            if e.code == 0 and "--list" in args:
+                assert "data_efficiency" in capsys.readouterr().out, where
+                listed += 1
+                continue
+            raise AssertionError(f"{where}: the runner refuses it") from None
+        if parsed.analysis is not None:
+            analyses += 1
+            continue
         assert parsed.study in studies.STUDIES, f"{page}: {parsed.study!r} is not a study"
         checked += 1
-    assert checked >= 12 and reports >= 6, (checked, reports)
+    assert checked >= 12 and reports >= 6 and analyses >= 5 and listed >= 1, (checked, reports, analyses, listed)
 
 
 def test_the_command_extraction_reads_continuations_comments_and_nested_commands():

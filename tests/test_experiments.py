@@ -1,13 +1,15 @@
 """Experiments: the per-row configs, the studies' command lines, a smoke study run end to end
 through the runner, the report's numbers against the logs, bad roots and broken logs, the plots,
-and the feature-reuse heatmap on a hand-built kernel.
+the feature-reuse heatmap on a hand-built kernel, the gradient-flow and data-efficiency
+measurements, and the runner as the one command of the studies and the analyses.
 
-Only ``test_smoke_study_end_to_end`` trains (two tiny runs of a few steps, in subprocesses with
-cheap compilation); everything else reads hand-written logs or traces models.
+Only the ``..._end_to_end`` tests train (tiny runs of a few steps, with cheap compilation);
+everything else reads hand-written logs or traces models.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -148,6 +150,38 @@ def test_study_contents():
     rvd = studies.STUDIES["resnet_vs_densenet"].runs
     assert {r.model for r in rvd} >= {"densenet_bc100_k12", "preact_resnet164", "preact_resnet1001"}
     assert all(r.dataset == "C100+" for r in rvd)
+
+
+def test_families_and_smoke_stand_ins_are_the_zoos_kinds_of_network():
+    expected = {  # zoo network -> (family line of the plots, tiny stand-in of the smoke budget)
+        "densenet40_k12": ("DenseNet", "densenet_tiny"), "densenet100_k24": ("DenseNet", "densenet_tiny"),
+        "densenet_bc100_k12": ("DenseNet-BC", "densenet_bc_tiny"), "densenet_bc190_k40": ("DenseNet-BC", "densenet_bc_tiny"),
+        "resnet110": ("ResNet", "resnet_tiny"), "resnet1001": ("ResNet", "resnet_tiny"),
+        "preact_resnet164": ("pre-act. ResNet", "preact_resnet_tiny"), "vgg16": ("VGG", "vgg_tiny"),
+    }
+    smoke = {r.name: r for r in studies.study_runs("table2", "smoke")}
+    seen = set()
+    for r in studies.STUDIES["table2"].runs:
+        if r.model in expected:
+            seen.add(r.model)
+            assert (r.family, dict(smoke[r.name].overrides)["model.name"]) == expected[r.model], r.name
+    assert seen == set(expected)
+    pp = studies.study_runs("pre_vs_post_activation", "smoke")
+    assert {(r.stands_for, r.family, r.label) for r in pp if r.dataset.startswith("C10+")} == {
+        ("DenseNet-BC (L=100, k=12)", "DenseNet-BC", "densenet_bc_tiny"),
+        ("DenseNet-BC (L=100, k=12), post-act.", "DenseNet-BC (post-act.)", "densenet_bc_tiny, post-act."),
+        ("pre-act. ResNet-164", "pre-act. ResNet", "preact_resnet_tiny"),
+        ("ResNet-164", "ResNet", "resnet_tiny"),
+    }
+    # The kind is the module's, whatever the name: the ImageNet DenseNets are DenseNet-BCs, and a
+    # builder's fields decide its stand-in.
+    assert studies._family("densenet121") == "DenseNet-BC"
+    bc = studies.Run(name="bc", config=studies.DENSENET_CONFIG + ":densenet_cifar,c10+", dataset="C10+", label="bc",
+                     family="", overrides=(("model.depth", 22), ("model.bottleneck", True), ("model.compression", 0.5)))
+    assert studies._tiny_model(bc) == "densenet_bc_tiny"
+    b = dataclasses.replace(bc, overrides=bc.overrides[:2])
+    with pytest.raises(ValueError, match="no tiny stand-in for model 'densenet_cifar' \\(a DenseNet-B\\)"):
+        studies._tiny_model(b)
 
 
 def test_budgets_shrink_every_run(capsys, tmp_path):
@@ -491,9 +525,12 @@ def test_smoke_study_end_to_end(tmp_path):
 
     # Figure 5 from the trained checkpoint: densenet_bc_tiny has 2 layers in each of 3 blocks.
     out = tmp_path / "reuse.png"
-    assert feature_reuse.main([f"--workdir={root / SMOKE_RUNS[1]}", f"--out={out}"]) == 0
+    assert run.main(["feature_reuse", f"--workdir={root / SMOKE_RUNS[1]}", f"--out={out}"]) == 0
     png_ok(out)
     blocks = json.loads(out.with_suffix(".json").read_text())
+    same = tmp_path / "module" / "reuse.png"  # python -m experiments.feature_reuse: the same command
+    assert feature_reuse.main([f"--workdir={root / SMOKE_RUNS[1]}", f"--out={same}"]) == 0
+    assert json.loads(same.with_suffix(".json").read_text()) == blocks
     assert [len(b["matrix"]) for b in blocks] == [3, 3, 3]
     assert all(len(row) == 3 for b in blocks for row in b["matrix"])
     assert all(max(v for v in col if v is not None) == 1.0
@@ -609,10 +646,9 @@ def test_layer_gradient_norms_against_autodiff_and_by_hand():
 
 def test_gradient_flow_smoke_end_to_end(tmp_path, capsys):
     from dnjax import logs
-    from experiments import gradient_flow
 
-    assert gradient_flow.main([f"--out={tmp_path}", "--smoke", "--steps=2", "--only=plain_tiny",
-                               "--only=densenet_tiny"]) == 0
+    assert run.main(["gradient_flow", f"--out={tmp_path}", "--smoke", "--steps=2", "--only=plain_tiny",
+                     "--only=densenet_tiny"]) == 0
     data = json.loads((tmp_path / "gradient_flow.json").read_text())["networks"]
     assert [n["name"] for n in data] == ["plain_tiny", "densenet_tiny"]
     md = (tmp_path / "report.md").read_text()
@@ -637,5 +673,66 @@ def test_gradient_flow_refuses_a_missing_data_dir(tmp_path, capsys):
     assert gradient_flow.main([f"--out={out}", f"--data_dir={tmp_path / 'nowhere'}"]) == 2
     err = capsys.readouterr().err
     assert f"--data_dir={tmp_path / 'nowhere'} does not hold train_10k.npz and test_10k.npz" in err
+    assert run.main(["gradient_flow", f"--out={out}", f"--data_dir={tmp_path / 'nowhere'}"]) == 2
+    assert capsys.readouterr().err == err  # the runner's analysis is the same command
+    assert not out.exists()
+
+
+# 7. One entry point: the runner runs the studies and the analyses --------------------------------
+
+
+def test_the_runner_lists_its_studies_and_analyses(capsys):
+    assert set(run.ANALYSES) == {"gradient_flow", "feature_reuse"}
+    assert not set(run.ANALYSES) & set(studies.STUDIES)  # a name means one thing
+    for name, analysis in run.ANALYSES.items():
+        assert analysis.module.__name__ == f"experiments.{name}"  # python -m experiments.NAME
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--list"])
+    assert stop.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, study in studies.STUDIES.items():
+        assert any(line.split()[:3] == [name, str(len(study.runs)), "runs."] for line in lines), name
+    for start in ("  table2                  37 runs. Every published CIFAR/SVHN row of the paper's Table 2",
+                  "  gradient_flow           Gradient flow: the norm of the loss gradient that reaches each layer",
+                  "  feature_reuse           Feature reuse in a trained DenseNet, the paper's Figure 5: how"):
+        assert any(line.startswith(start) for line in lines), start
+    with pytest.raises(SystemExit) as stop:  # like --help, whatever else is given
+        run.main(["table2", "--root=/nowhere", "--list"])
+    assert stop.value.code == 0 and "feature_reuse" in capsys.readouterr().out
+
+
+def test_the_runner_hands_an_analysis_its_own_options(capsys, tmp_path):
+    a = run.parse_args(["gradient_flow", "--out=gf", "--smoke", "--steps=2", "--only=plain_tiny"])
+    assert (a.analysis, a.out, a.smoke, a.steps, a.only) == ("gradient_flow", "gf", True, 2, ["plain_tiny"])
+    a = run.parse_args(["feature_reuse", "--workdir=w", "--step=78", "--normalize=block"])
+    assert (a.analysis, a.workdir, a.step, a.normalize, a.out) == ("feature_reuse", "w", 78, "block", None)
+    assert run.parse_args(["table2", "--root=r"]).analysis is None
+    # An analysis's usage errors name the command that was typed.
+    for argv, prog in ((["feature_reuse"], "python -m experiments.run feature_reuse"),
+                       (["gradient_flow", "--steps=2"], "python -m experiments.run gradient_flow")):
+        with pytest.raises(SystemExit) as stop:
+            run.main(argv)
+        assert stop.value.code == 2
+        assert f"{prog}: error: the following arguments are required: --" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        feature_reuse.main([])
+    assert "python -m experiments.feature_reuse: error: the following arguments are required: --workdir" in (
+        capsys.readouterr().err)
+    # The analysis's exit status and message come back through the runner.
+    assert run.main(["feature_reuse", f"--workdir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'checkpoints'} does not exist: is {tmp_path} the workdir of a trained run?\n"
+
+
+@pytest.mark.parametrize("command", [["experiments.run", "gradient_flow"], ["experiments.gradient_flow"]])
+def test_both_commands_of_an_analysis_run_it(tmp_path, command):
+    """``python -m experiments.run gradient_flow`` and ``python -m experiments.gradient_flow`` from the
+    repository root, up to the check of the data directory (nothing trains)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out, nowhere = tmp_path / "out", tmp_path / "nowhere"
+    proc = subprocess.run([sys.executable, "-m", *command, f"--out={out}", f"--data_dir={nowhere}"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: --data_dir={nowhere} does not hold train_10k.npz and test_10k.npz: give the "
+                           "directory of the CIFAR-10 sample (train_10k.npz, test_10k.npz)\n")
     assert not out.exists()
 

@@ -878,6 +878,38 @@ def test_zoo_names_build():
         assert isinstance(model, nn.Module), name
 
 
+def test_variant_is_read_off_the_module_fields():
+    """DenseNet-B/-C/-BC from bottleneck and compression, pre-activation ResNets from their
+    activation; the ImageNet DenseNets are DenseNet-BC although their names do not say so."""
+    from dnjax import models
+
+    expected = {
+        "densenet40_k12": "densenet", "densenet100_k24": "densenet", "densenet_bc100_k12": "densenet_bc",
+        "densenet_bc190_k40": "densenet_bc", "densenet121": "densenet_bc", "densenet_cifar": "densenet",
+        "resnet110": "resnet", "preact_resnet110": "preact_resnet", "resnet164": "resnet",
+        "preact_resnet1001": "preact_resnet", "resnet50": "resnet", "preact_resnet50": "preact_resnet",
+        "vgg16": "vgg", "densenet_tiny": "densenet", "densenet_bc_tiny": "densenet_bc",
+        "resnet_tiny": "resnet", "preact_resnet_tiny": "preact_resnet", "vgg_tiny": "vgg",
+    }
+    assert {n: models.variant(n) for n in expected} == expected
+    for name, entry in ZOO.items():
+        assert models.variant(name) in models.VARIANTS[entry.family], name
+    # Fields change the kind the module is, not the name.
+    assert models.variant("densenet_cifar", depth=40, bottleneck=True) == "densenet_b"
+    assert models.variant("densenet_cifar", compression=0.5) == "densenet_c"
+    assert models.variant("densenet_bc100_k12", compression=1.0) == "densenet_b"
+    assert models.variant("densenet_bc100_k12", activation="post") == "densenet_bc"
+    assert models.variant("resnet_cifar_bottleneck", depth=11, activation="pre") == "preact_resnet"
+    assert models.variant("preact_resnet164", activation="post") == "resnet"
+    # Each kind the CIFAR studies use has exactly one tiny network.
+    tiny = [models.variant(n) for n in models.names(roles=("tiny",))]
+    assert sorted(tiny) == sorted(set(tiny)) == ["densenet", "densenet_bc", "preact_resnet", "resnet", "vgg"]
+    with pytest.raises(ValueError, match="no_such_net"):
+        models.variant("no_such_net")
+    with pytest.raises(ValueError, match="has no field"):
+        models.variant("vgg16", bottleneck=True)
+
+
 @pytest.mark.parametrize(
     "name, field, value",
     [("densenet_cifar", "block_sizes", (1, 1, 1)), ("resnet110", "widths", (1, 2, 3)),

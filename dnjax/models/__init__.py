@@ -1,5 +1,6 @@
 """The model zoo: every network by name, the one registry behind the configs' model lists, the
-studies' family checks and the ``python -m dnjax.models`` table.
+studies' families and kinds of network (``family``, ``variant``) and the ``python -m dnjax.models``
+table.
 
 ``get_model(name, num_classes=10, **overrides)`` builds a flax module; overrides are the module's
 (or its builder's) fields, e.g. ``get_model('densenet_bc100_k12', dropout_rate=0.2,
@@ -122,6 +123,30 @@ def family(name: str) -> str:
     """The family (densenet, resnet, vgg) of zoo network ``name``; ValueError for an unknown one."""
     if name not in ZOO:
         raise ValueError(f"model={name!r} is unknown; valid names are: {', '.join(sorted(ZOO))}")
+    return ZOO[name].family
+
+
+# The kinds of network within each family, as the paper names them: DenseNet-B has bottleneck
+# layers, DenseNet-C transitions that compress (compression < 1), DenseNet-BC both; a
+# pre-activation ResNet puts BatchNorm and ReLU before each convolution of its units.
+VARIANTS = {
+    "densenet": ("densenet", "densenet_b", "densenet_c", "densenet_bc"),
+    "resnet": ("resnet", "preact_resnet"),
+    "vgg": ("vgg",),
+}
+
+
+def variant(name: str, **fields: Any) -> str:
+    """The kind of zoo network ``name`` (built with ``fields``) within its family, one of
+    ``VARIANTS[family(name)]``, read off the module's own fields: ``bottleneck`` and
+    ``compression`` of a DenseNet, ``activation`` of a ResNet. A bad name or field raises
+    ValueError as ``get_model`` does."""
+    module = get_model(name, **fields)
+    if isinstance(module, DenseNet):
+        letters = ("b" if module.bottleneck else "") + ("c" if module.compression < 1 else "")
+        return f"densenet_{letters}" if letters else "densenet"
+    if isinstance(module, ResNet):
+        return "preact_resnet" if module.activation == "pre" else "resnet"
     return ZOO[name].family
 
 
