@@ -462,8 +462,12 @@ def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(_tuples(dict(saved, model=model)))
     for path, value in ADDED_FIELDS.items():
         *parents, leaf = path.split(".")
-        node = _get(config, ".".join(parents)) if parents else config
-        if leaf not in node:
+        node = config
+        for part in parents:
+            node = node.get(part)
+            if node is None:
+                break
+        if node is not None and leaf not in node:
             node[leaf] = value
     return config
 

@@ -30,7 +30,7 @@ from dnjax import logs
 from dnjax.units import human
 from experiments import studies
 from experiments.results import FINISHED, MANIFEST, RUNNER_LOG, RunResult, read_manifest  # report.RunResult too
-from experiments.studies import Run, StudyError
+from experiments.studies import REPO, Run, StudyError
 
 # ------------------------------------------------------------------------------------------------
 # Sizes of the networks
@@ -81,20 +81,12 @@ def network_size(config) -> tuple[int, int]:
 
 
 def config_of_run(run: Run):
-    """The config a run would train with, from its config file and overrides (no workdir needed)."""
-    import importlib
+    """The config a run would train with, from its config file and overrides (no workdir needed),
+    loaded as ``dnjax.main`` loads it."""
+    from dnjax import config_lib
 
-    path, _, arg = run.config.partition(":")
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    config = module.get_config(arg) if arg else module.get_config()
-    for key, value in run.overrides:
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    config.seed = run.seed
-    return config
+    spec = str(REPO / run.config)  # the studies name config files from the repository root
+    return config_lib.load_config_file(spec, [*run.overrides, ("seed", run.seed)])
 
 
 # ------------------------------------------------------------------------------------------------

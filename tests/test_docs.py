@@ -170,6 +170,8 @@ def _command_lines() -> list[tuple[str, str]]:
         text = _text(page)
         name = str(page.relative_to(REPO))
         for block in FENCE.findall(text):
+            if block.startswith("# ") and block.split("\n", 1)[0].endswith(".py"):
+                continue  # the code of a file (a module, a config), not commands
             found.extend((name, line) for line in block.replace("\\\n", " ").splitlines() if line.strip())
         for span in SPAN.findall(_prose(text)):
             span = " ".join(span.split())
