@@ -60,13 +60,23 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
+def build_model(config: ml_collections.ConfigDict, num_classes: int, image_shape: Sequence[int] | None = None):
+    """The config's network (``models.get_model``), and with ``image_shape`` its initialisation
+    traced on one such image (``models.check_input``). The models check their own fields; their
+    ValueError becomes a ConfigError naming the config's model fields."""
     try:
-        return models.get_model(
+        model = models.get_model(
             config.model.name, num_classes=num_classes, dtype=config.dtype, **model_overrides(config)
         )
     except ValueError as e:
         raise ConfigError(f"config.model: {e}") from None
+    if image_shape is not None:
+        try:
+            models.check_input(model, image_shape)
+        except ValueError as e:
+            fields = ", ".join(f"model.{k}={v!r}" for k, v in model_overrides(config).items())
+            raise ConfigError(f"config.model.name={config.model.name!r} ({fields or 'the zoo defaults'}) {e}") from None
+    return model
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -180,26 +190,6 @@ def derive(config: ml_collections.ConfigDict, num_train: int) -> Schedule:
         warmup_steps=warmup,
         boundaries=tuple(round(f * total) for f in config.optim.decay_at),
     )
-
-
-def check_model(config: ml_collections.ConfigDict, model, image_shape) -> None:
-    """Traces the model's initialisation on one image of the data (nothing is computed), so that
-    a model that cannot be built for this data fails now, naming the model's fields."""
-    import jax
-    import jax.numpy as jnp
-
-    def init(x):
-        key = jax.random.key(0)
-        return model.init({"params": key, "dropout": key}, x, train=False)
-
-    try:
-        jax.eval_shape(init, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
-    except Exception as e:
-        fields = ", ".join(f"model.{k}={v!r}" for k, v in model_overrides(config).items())
-        raise ConfigError(
-            f"config.model.name={config.model.name!r} ({fields or 'the zoo defaults'}) cannot be "
-            f"built for {tuple(image_shape)} images: {type(e).__name__}: {e}"
-        ) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -217,8 +217,7 @@ class Setup:
             raise config_lib.ConfigError(f"config.{e}") from None
         self.sched = config_lib.derive(config, self.info.num_train)
 
-        self.model = config_lib.build_model(config, self.info.num_classes)
-        config_lib.check_model(config, self.model, self.info.image_shape)
+        self.model = config_lib.build_model(config, self.info.num_classes, self.info.image_shape)
         self.schedule = make_schedule(config, self.sched)
         self.tx = make_optimizer(config, self.schedule)
         d = config.data

@@ -228,6 +228,23 @@ def get_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn
     return entry.factory(**kwargs)
 
 
+def check_input(model: nn.Module, image_shape) -> None:
+    """Traces ``model``'s initialisation on one image of ``image_shape`` (nothing is computed), so
+    that a network that cannot take such images (too small for its downsampling, a field that only
+    fails in a layer) fails now: ValueError saying why."""
+    import jax
+    import jax.numpy as jnp
+
+    def init(x):
+        key = jax.random.key(0)
+        return model.init({"params": key, "dropout": key}, x, train=False)
+
+    try:
+        jax.eval_shape(init, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    except Exception as e:
+        raise ValueError(f"cannot be built for {tuple(image_shape)} images: {type(e).__name__}: {e}") from None
+
+
 def input_shape(name: str) -> tuple[int, int, int]:
     return ZOO[name].input_shape
 
