@@ -265,10 +265,11 @@ def test_tfds_missing_data_dir(tmp_path):
 
 
 def test_unknown_dataset_and_normalisation():
-    with pytest.raises(ip.DataError, match="mnist"):
-        ip.load_in_memory(data_config(dataset="mnist"))
-    with pytest.raises(ip.DataError, match="normalization"):
-        ip.load_in_memory(data_config(normalization="zca"))
+    refused(run_config(dataset="mnist"), "dataset", r"config\.data\.dataset='mnist' is invalid")
+    refused(run_config(normalization="zca"), "normalization", r"config\.data\.normalization='zca' is invalid")
+
+
+def test_streamed_data_set_is_not_read_into_memory():
     with pytest.raises(ip.DataError, match="make_imagenet_loader"):
         ip.load_in_memory(data_config(dataset="imagenet2012"))
 
@@ -344,8 +345,6 @@ def test_npz_missing_file(tmp_path):
     config.npz_test = str(tmp_path / "absent.npz")
     with pytest.raises(ip.DataError, match="npz_test.*absent.npz.*does not exist"):
         ip.load_in_memory(config)
-    with pytest.raises(ip.DataError, match="npz_train"):
-        ip.load_in_memory(data_config(dataset="npz", npz_test=str(tmp_path / "test.npz")))
 
 
 def test_npz_config_needs_both_files_and_a_label_array_name(tmp_path):
@@ -774,9 +773,8 @@ def test_train_fraction_applies_to_every_in_memory_data_set():
 
 
 @pytest.mark.parametrize("bad", [0, 0.0, 1.5, -0.1, "half", True])
-def test_bad_train_fraction_is_refused_naming_the_field(bad, tmp_path):
-    with pytest.raises(ip.DataError, match=r"data\.train_fraction"):
-        ip.load_in_memory(data_config(train_fraction=bad))
+def test_bad_train_fraction_is_refused_naming_the_field(bad):
+    refused(run_config(train_fraction=bad), "train_fraction")
 
 
 def test_config_refuses_a_bad_train_fraction_and_one_for_streamed_data():
@@ -800,6 +798,5 @@ def test_config_refuses_a_bad_train_fraction_and_one_for_streamed_data():
         config_lib.validate(c)
 
 
-def test_bad_subset_seed_is_refused(tmp_path):
-    with pytest.raises(ip.DataError, match=r"data\.subset_seed=-1"):
-        ip.load_in_memory(data_config(train_fraction=0.5, subset_seed=-1))
+def test_bad_subset_seed_is_refused():
+    refused(run_config(train_fraction=0.5, subset_seed=-1), "subset_seed", r"config\.data\.subset_seed=-1 is invalid")

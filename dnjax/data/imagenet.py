@@ -12,7 +12,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from dnjax.data.base import DataError, DatasetInfo, _field, _limit
+from dnjax.data.base import DataError, DatasetInfo, _field
 from dnjax.data.choices import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, STREAMED_DATASETS, TFDS_SPLITS
 from dnjax.data.tfds import open_tfds_source
 
@@ -238,7 +238,7 @@ def make_imagenet_loader(
         raise DataError(f"make_imagenet_loader streams {STREAMED_DATASETS}, not {name!r}.")
     source = open_tfds_source(name, split, _field(data_config, "data_dir"))
     n = len(source)
-    limit = _limit(data_config, "train_limit" if train else "test_limit")
+    limit = _field(data_config, "train_limit" if train else "test_limit")
     if limit is not None:
         n = min(n, limit)
     if n == 0:
@@ -296,8 +296,8 @@ def imagenet_info(data_config, *, image_size: int = 224) -> DatasetInfo:
     train_split, test_split = TFDS_SPLITS[name]
     num_train = len(open_tfds_source(name, train_split, data_dir))
     num_test = len(open_tfds_source(name, test_split, data_dir))
-    train_limit = _limit(data_config, "train_limit")
-    test_limit = _limit(data_config, "test_limit")
+    train_limit = _field(data_config, "train_limit")
+    test_limit = _field(data_config, "test_limit")
     return DatasetInfo(
         name=name,
         num_classes=NUM_CLASSES[name],
