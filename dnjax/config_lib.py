@@ -94,6 +94,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if d.dataset == "npz" and (not d.npz_train or not d.npz_test):
         _fail("data.npz_train/npz_test", (d.npz_train, d.npz_test),
               "the npz data set needs both files: --config.data.npz_train=PATH --config.data.npz_test=PATH")
+    npz_label = d.get("npz_label")  # None: the array 'label'
+    if d.dataset == "npz" and npz_label is not None and (not isinstance(npz_label, str) or not npz_label):
+        _fail("data.npz_label", npz_label, "it must name an array of the npz files, e.g. 'label'")
     _integer("data.pad", d.pad, low=0)
     _integer("data.workers", d.workers, low=0)
     _integer("data.image_size", d.image_size, low=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -32,6 +33,30 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     )
     c.update(overrides)
     return c
+
+
+def run_config(**data_fields) -> ml_collections.ConfigDict:
+    """A run's config (densenet_tiny) with these data fields set exactly as given (not cast to the
+    field's type): what ``config_lib.validate`` sees before any data is read."""
+    from configs import default
+
+    c = default.get_config("densenet_tiny")
+    with c.unlocked():
+        for field, value in data_fields.items():
+            del c.data[field]
+            c.data[field] = value
+    return c
+
+
+def refused(config, field: str, pattern: str | None = None) -> None:
+    """``config_lib.validate`` refuses the config with a ConfigError that names ``config.data.<field>``
+    with its value (or matches ``pattern``)."""
+    from dnjax import config_lib
+
+    if pattern is None:
+        pattern = re.escape(f"config.data.{field}={config.data[field]!r} is invalid: ")
+    with pytest.raises(config_lib.ConfigError, match=pattern):
+        config_lib.validate(config)
 
 
 def write_npz(path: Path, **arrays) -> str:
@@ -240,10 +265,11 @@ def test_tfds_missing_data_dir(tmp_path):
 
 
 def test_unknown_dataset_and_normalisation():
-    with pytest.raises(ip.DataError, match="mnist"):
-        ip.load_in_memory(data_config(dataset="mnist"))
-    with pytest.raises(ip.DataError, match="normalization"):
-        ip.load_in_memory(data_config(normalization="zca"))
+    refused(run_config(dataset="mnist"), "dataset", r"config\.data\.dataset='mnist' is invalid")
+    refused(run_config(normalization="zca"), "normalization", r"config\.data\.normalization='zca' is invalid")
+
+
+def test_streamed_data_set_is_not_read_into_memory():
     with pytest.raises(ip.DataError, match="make_imagenet_loader"):
         ip.load_in_memory(data_config(dataset="imagenet2012"))
 
@@ -319,8 +345,23 @@ def test_npz_missing_file(tmp_path):
     config.npz_test = str(tmp_path / "absent.npz")
     with pytest.raises(ip.DataError, match="npz_test.*absent.npz.*does not exist"):
         ip.load_in_memory(config)
-    with pytest.raises(ip.DataError, match="npz_train"):
-        ip.load_in_memory(data_config(dataset="npz", npz_test=str(tmp_path / "test.npz")))
+
+
+def test_npz_config_needs_both_files_and_a_label_array_name(tmp_path):
+    refused(run_config(dataset="npz", npz_test=str(tmp_path / "test.npz")), "npz_train",
+            r"config\.data\.npz_train/npz_test=\(None, .*test\.npz'\) is invalid")
+    files = dict(dataset="npz", npz_train=str(tmp_path / "train.npz"), npz_test=str(tmp_path / "test.npz"))
+    for bad in ("", 3):
+        refused(run_config(**files, npz_label=bad), "npz_label", re.escape(f"config.data.npz_label={bad!r} is invalid"))
+    from dnjax import config_lib
+
+    config_lib.validate(run_config(npz_label=""))  # read by npz data only
+
+
+@pytest.mark.parametrize("field", ["train_limit", "test_limit", "num_classes"])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "5", True])
+def test_bad_limits_and_num_classes_are_refused_naming_the_field(field, bad):
+    refused(run_config(**{field: bad}), field)
 
 
 def test_npz_count_mismatch(tmp_path):
@@ -732,9 +773,8 @@ def test_train_fraction_applies_to_every_in_memory_data_set():
 
 
 @pytest.mark.parametrize("bad", [0, 0.0, 1.5, -0.1, "half", True])
-def test_bad_train_fraction_is_refused_naming_the_field(bad, tmp_path):
-    with pytest.raises(ip.DataError, match=r"data\.train_fraction"):
-        ip.load_in_memory(data_config(train_fraction=bad))
+def test_bad_train_fraction_is_refused_naming_the_field(bad):
+    refused(run_config(train_fraction=bad), "train_fraction")
 
 
 def test_config_refuses_a_bad_train_fraction_and_one_for_streamed_data():
@@ -758,6 +798,5 @@ def test_config_refuses_a_bad_train_fraction_and_one_for_streamed_data():
         config_lib.validate(c)
 
 
-def test_bad_subset_seed_is_refused(tmp_path):
-    with pytest.raises(ip.DataError, match=r"data\.subset_seed=-1"):
-        ip.load_in_memory(data_config(train_fraction=0.5, subset_seed=-1))
+def test_bad_subset_seed_is_refused():
+    refused(run_config(train_fraction=0.5, subset_seed=-1), "subset_seed", r"config\.data\.subset_seed=-1 is invalid")

@@ -41,8 +41,9 @@ class DatasetInfo:
     std: tuple[float, ...]
 
 
-def _field(data_config: Any, name: str, default: Any = None) -> Any:
-    """A config field, or ``default`` where the config does not define it."""
+def config_value(data_config: Any, name: str, default: Any = None) -> Any:
+    """A data config field as given (``config_lib.validate`` checks the values), or ``default``
+    where the config does not define it or leaves it at None."""
     try:
         value = data_config[name]
     except (KeyError, AttributeError, TypeError):
@@ -50,32 +51,11 @@ def _field(data_config: Any, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _limit(data_config, field: str) -> int | None:
-    limit = _field(data_config, field)
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
-        raise DataError(f"data.{field}={limit!r} must be a positive integer or None.")
-    return int(limit)
-
-
-def _apply_limit(split: Split, limit: int | None) -> Split:
+def apply_limit(split: Split, limit: int | None) -> Split:
+    """The first ``limit`` examples of a split (all of them when ``limit`` is None)."""
     if limit is None or limit >= len(split):
         return split
     return Split(images=split.images[:limit], labels=split.labels[:limit])
-
-
-def _fraction(data_config) -> float | None:
-    fraction = _field(data_config, "train_fraction")
-    if fraction is None:
-        return None
-    if (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating))
-            or not 0.0 < float(fraction) <= 1.0):
-        raise DataError(
-            f"data.train_fraction={fraction!r} must be a number in (0, 1] (e.g. 0.1 for a tenth of "
-            "every class) or None for the whole training split."
-        )
-    return float(fraction)
 
 
 def subset_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -93,20 +73,18 @@ def subset_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
     return np.sort(np.concatenate(keep))
 
 
-def _apply_fraction(split: Split, data_config) -> Split:
+def apply_fraction(split: Split, data_config) -> Split:
     """The training split cut to ``data.train_fraction`` of every class, drawn with
     ``data.subset_seed`` (:func:`subset_indices`); the whole split when the fraction is None."""
-    fraction = _fraction(data_config)
+    fraction = config_value(data_config, "train_fraction")
     if fraction is None:
         return split
-    seed = _field(data_config, "subset_seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"data.subset_seed={seed!r} must be an integer >= 0.")
-    idx = subset_indices(split.labels, fraction, int(seed))
+    idx = subset_indices(split.labels, fraction, config_value(data_config, "subset_seed", 0))
     return Split(images=split.images[idx], labels=split.labels[idx])
 
 
-def _validate_split(split: Split, source: str) -> None:
+def validate_split(split: Split, source: str) -> None:
+    """Raises DataError unless the split holds uint8 [N, H, W, C] images, N > 0, with one label each."""
     images, labels = split.images, split.labels
     if images.dtype != np.uint8:
         raise DataError(
@@ -134,7 +112,8 @@ def _validate_split(split: Split, source: str) -> None:
         raise DataError(f"{source}: images have an empty dimension, shape {images.shape}.")
 
 
-def _check_label_range(labels: np.ndarray, num_classes: int, source: str) -> None:
+def check_label_range(labels: np.ndarray, num_classes: int, source: str) -> None:
+    """Raises DataError if a label lies outside [0, num_classes)."""
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         first = int(np.argmax(bad))
@@ -145,7 +124,7 @@ def _check_label_range(labels: np.ndarray, num_classes: int, source: str) -> Non
         )
 
 
-def _as_labels(labels: np.ndarray, source: str) -> np.ndarray:
+def as_labels(labels: np.ndarray, source: str) -> np.ndarray:
     """Class ids as int32; whole-number floats are accepted, anything else is a DataError."""
     labels = np.asarray(labels)
     integral = np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_

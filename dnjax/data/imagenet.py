@@ -12,7 +12,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from dnjax.data.base import DataError, DatasetInfo, _field, _limit
+from dnjax.data.base import DataError, DatasetInfo, config_value
 from dnjax.data.choices import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, STREAMED_DATASETS, TFDS_SPLITS
 from dnjax.data.tfds import open_tfds_source
 
@@ -233,12 +233,12 @@ def make_imagenet_loader(
             f"processes ({process_count})."
         )
     per_process = global_batch // process_count
-    name = _field(data_config, "dataset", "imagenet2012")
+    name = config_value(data_config, "dataset", "imagenet2012")
     if name not in STREAMED_DATASETS:
         raise DataError(f"make_imagenet_loader streams {STREAMED_DATASETS}, not {name!r}.")
-    source = open_tfds_source(name, split, _field(data_config, "data_dir"))
+    source = open_tfds_source(name, split, config_value(data_config, "data_dir"))
     n = len(source)
-    limit = _limit(data_config, "train_limit" if train else "test_limit")
+    limit = config_value(data_config, "train_limit" if train else "test_limit")
     if limit is not None:
         n = min(n, limit)
     if n == 0:
@@ -291,13 +291,13 @@ class _Truncated:
 
 def imagenet_info(data_config, *, image_size: int = 224) -> DatasetInfo:
     """The :class:`DatasetInfo` of the streamed data set (mean and std on the 0..255 scale)."""
-    name = _field(data_config, "dataset", "imagenet2012")
-    data_dir = _field(data_config, "data_dir")
+    name = config_value(data_config, "dataset", "imagenet2012")
+    data_dir = config_value(data_config, "data_dir")
     train_split, test_split = TFDS_SPLITS[name]
     num_train = len(open_tfds_source(name, train_split, data_dir))
     num_test = len(open_tfds_source(name, test_split, data_dir))
-    train_limit = _limit(data_config, "train_limit")
-    test_limit = _limit(data_config, "test_limit")
+    train_limit = config_value(data_config, "train_limit")
+    test_limit = config_value(data_config, "test_limit")
     return DatasetInfo(
         name=name,
         num_classes=NUM_CLASSES[name],

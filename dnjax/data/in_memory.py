@@ -16,20 +16,16 @@ from dnjax.data.base import (
     DataError,
     DatasetInfo,
     Split,
-    _apply_fraction,
-    _apply_limit,
-    _check_label_range,
-    _field,
-    _fraction,
-    _limit,
-    _validate_split,
+    apply_fraction,
+    apply_limit,
+    check_label_range,
+    config_value,
+    validate_split,
 )
 from dnjax.data.choices import (
     CIFAR_MEAN_STD,
-    DATASETS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    NORMALIZATIONS,
     NUM_CLASSES,
     STREAMED_DATASETS,
     TFDS_SPLITS,
@@ -43,45 +39,29 @@ DIGITS_TEST_FRACTION = 0.2
 def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     """Reads the configured data set into host memory and validates it.
 
-    Returns the training split, the test split and a :class:`DatasetInfo`. Raises
-    :class:`DataError` for anything that would make training fail or silently wrong.
+    Returns the training split, the test split and a :class:`DatasetInfo`. The config's values are
+    taken as given (``dnjax.config_lib.validate`` checks them); the data is checked here: a
+    :class:`DataError` for anything in it that would make training fail or silently wrong.
     """
-    name = _field(data_config, "dataset")
-    if name not in DATASETS:
-        raise DataError(f"data.dataset={name!r} is not a known data set; choose one of {DATASETS}.")
+    name = config_value(data_config, "dataset")
     if name in STREAMED_DATASETS:
         raise DataError(
             f"data.dataset={name!r} does not fit in memory; it is streamed with "
             "dnjax.data.imagenet.make_imagenet_loader."
         )
-    normalization = _field(data_config, "normalization", "mean_std")
-    if normalization not in NORMALIZATIONS:
-        raise DataError(
-            f"data.normalization={normalization!r} is not known; choose one of {NORMALIZATIONS}."
-        )
-    train_limit = _limit(data_config, "train_limit")
-    test_limit = _limit(data_config, "test_limit")
-    _fraction(data_config)  # a bad subset field fails before any file is read
+    normalization = config_value(data_config, "normalization", "mean_std")
+    train_limit = config_value(data_config, "train_limit")
+    test_limit = config_value(data_config, "test_limit")
 
     if name == "digits":
         train, test = _load_digits()
         sources = ("scikit-learn digits (train part)", "scikit-learn digits (test part)")
         fixed_classes = NUM_CLASSES[name]
     elif name == "npz":
-        label_key = _field(data_config, "npz_label", "label")
-        if not isinstance(label_key, str) or not label_key:
-            raise DataError(f"data.npz_label={label_key!r} must name an array of the npz files, e.g. 'label'.")
-        train_spec = _field(data_config, "npz_train")
-        test_spec = _field(data_config, "npz_test")
-        for field, spec in (("npz_train", train_spec), ("npz_test", test_spec)):
-            if not spec:
-                raise DataError(
-                    f"data.dataset='npz' needs data.{field}: the path of an .npz file, several "
-                    "paths separated by commas, or a glob."
-                )
+        label_key = config_value(data_config, "npz_label", "label")
         npz_parts = {
-            "npz_train": npz.load_parts(train_spec, "npz_train", label_key, train_limit),
-            "npz_test": npz.load_parts(test_spec, "npz_test", label_key, test_limit),
+            field: npz.load_parts(config_value(data_config, field), field, label_key, limit)
+            for field, limit in (("npz_train", train_limit), ("npz_test", test_limit))
         }
         train = npz.concat_parts(npz_parts["npz_train"])
         test = npz.concat_parts(npz_parts["npz_test"])
@@ -90,18 +70,18 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     else:
         from dnjax.data import tfds
 
-        data_dir = _field(data_config, "data_dir")
+        data_dir = config_value(data_config, "data_dir")
         train_name, test_name = TFDS_SPLITS[name]
         train = tfds.load_split(name, train_name, data_dir, train_limit)
         test = tfds.load_split(name, test_name, data_dir, test_limit)
         sources = (f"tfds {name}[{train_name}]", f"tfds {name}[{test_name}]")
         fixed_classes = NUM_CLASSES[name]
 
-    train = _apply_limit(train, train_limit)
-    test = _apply_limit(test, test_limit)
-    _validate_split(train, sources[0])
-    _validate_split(test, sources[1])
-    train = _apply_fraction(train, data_config)
+    train = apply_limit(train, train_limit)
+    test = apply_limit(test, test_limit)
+    validate_split(train, sources[0])
+    validate_split(test, sources[1])
+    train = apply_fraction(train, data_config)
     if train.images.shape[1:] != test.images.shape[1:]:
         raise DataError(
             f"The training images ({sources[0]}) are {train.images.shape[1:]} (H, W, C) but the "
@@ -109,9 +89,9 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
             "same image shape."
         )
 
-    pad = _field(data_config, "pad", 0)
+    pad = config_value(data_config, "pad", 0)
     height, width = train.images.shape[1:3]
-    if _field(data_config, "augment", False) and isinstance(pad, int) and pad > min(height, width):
+    if config_value(data_config, "augment", False) and pad > min(height, width):
         raise DataError(
             f"data.pad={pad} is larger than the {height}x{width} images: the random crops would "
             f"be mostly padding. Use at most {min(height, width)} (the CIFAR recipe pads 32x32 "
@@ -122,10 +102,10 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     if name == "npz":  # name the part (file and array) that holds a bad label
         for field, parts in npz_parts.items():
             for part in parts:
-                _check_label_range(part.labels, num_classes, f"data.{field}: {part.path} (array {part.label_key!r})")
+                check_label_range(part.labels, num_classes, f"data.{field}: {part.path} (array {part.label_key!r})")
     else:
         for split, source in ((train, sources[0]), (test, sources[1])):
-            _check_label_range(split.labels, num_classes, source)
+            check_label_range(split.labels, num_classes, source)
 
     if normalization == "scale":
         channels = train.images.shape[-1]
@@ -158,13 +138,10 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
 
 
 def _num_classes(data_config, fixed: int | None, train: Split, name: str) -> int:
-    configured = _field(data_config, "num_classes")
+    """data.num_classes where it is set (it must agree with a data set's fixed class count), else
+    the data set's own count, else one more than the largest training label (npz)."""
+    configured = config_value(data_config, "num_classes")
     if configured is not None:
-        if isinstance(configured, bool) or not isinstance(configured, (int, np.integer)):
-            raise DataError(f"data.num_classes={configured!r} must be an integer or None.")
-        configured = int(configured)
-        if configured < 1:
-            raise DataError(f"data.num_classes={configured} must be at least 1.")
         if fixed is not None and configured != fixed:
             raise DataError(
                 f"data.num_classes={configured} but {name} has {fixed} classes; leave "

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from dnjax import storage
-from dnjax.data.base import DataError, Split, _as_labels, _validate_split
+from dnjax.data.base import DataError, Split, as_labels, validate_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def load_parts(spec: str, field: str, label_key: str, limit: int | None) -> list
         if remaining is not None and remaining <= 0:
             break
         part = _load_npz(path, field, label_key, remaining)
-        _validate_split(Split(part.images, part.labels), f"data.{field}: {path}")
+        validate_split(Split(part.images, part.labels), f"data.{field}: {path}")
         if parts:
             first = parts[0]
             if part.images.shape[1:] != first.images.shape[1:] or part.images.dtype != first.images.dtype:
@@ -146,5 +146,5 @@ def _load_npz(path: str, field: str, label_key: str = "label", limit: int | None
     if limit is not None and images.ndim >= 1 and labels.ndim >= 1:
         images, labels = images[:limit], labels[:limit]
     return NpzPart(path=path, label_key=label_key, images=np.ascontiguousarray(images),
-                   labels=_as_labels(labels, f"data.{field}: {path} (array {label_key!r})"))
+                   labels=as_labels(labels, f"data.{field}: {path} (array {label_key!r})"))
 

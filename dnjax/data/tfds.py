@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from dnjax import storage
-from dnjax.data.base import DataError, Split, _as_labels
+from dnjax.data.base import DataError, Split, as_labels
 
 log = logging.getLogger("dnjax")
 
@@ -174,5 +174,5 @@ def load_split(name: str, split: str, data_dir, limit: int | None) -> Split:
             images[i] = image
             labels[i] = int(record["label"])
     log.info("read %d examples of %s", n, where)
-    return Split(images=images, labels=_as_labels(labels, where))
+    return Split(images=images, labels=as_labels(labels, where))
 
