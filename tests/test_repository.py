@@ -42,18 +42,25 @@ def test_only_the_library_is_installed_and_it_never_imports_the_repository_folde
     offenders = {str(p.relative_to(REPO)): sorted(m for m in _imports(p) if m.split(".")[0] in ("configs", "experiments"))
                  for p in LIBRARY}
     assert not {k: v for k, v in offenders.items() if v}
-    # The config files import only the library, so they load from any directory.
+    # The config files import the library and each other (configs/default.py first of all), never
+    # the experiments.
     for p in sorted((REPO / "configs").glob("*.py")):
-        assert not [m for m in _imports(p) if m.split(".")[0] in ("configs", "experiments")], p
+        assert not [m for m in _imports(p) if m.split(".")[0] == "experiments"], p
+        if p.name not in ("__init__.py", "default.py", "common.py"):
+            assert _imports(p) & {"configs.default", "configs.cifar_densenet", "configs.imagenet"}, p
+
+
+CONFIG_FILES = sorted(str(p) for p in (REPO / "configs").glob("*.py") if "def get_config" in p.read_text())
 
 
 def test_every_config_file_loads_by_absolute_path_from_another_directory(tmp_path):
-    """As ``python -m dnjax.main --config=/abs/configs/X.py`` does outside the repository, with the
-    repository's folders unimportable."""
+    """As ``python -m dnjax.main --config=/abs/configs/X.py`` does outside the repository: the
+    repository's root is not on the path, the config files' package is found from the file."""
+    assert len(CONFIG_FILES) >= 8 and not any(p.endswith(("common.py", "__init__.py")) for p in CONFIG_FILES)
     code = (
-        "import sys; sys.modules['configs'] = sys.modules['experiments'] = None\n"
+        "import sys; sys.modules['experiments'] = None\n"
         "from dnjax import config_lib\n"
-        f"for p in {sorted(str(p) for p in (REPO / 'configs').glob('*.py') if p.name != '__init__.py')!r}:\n"
+        f"for p in {CONFIG_FILES!r}:\n"
         "    c = config_lib.load_config_file(p)\n"
         "    config_lib.validate(c)\n"
         "    print(c.model.name)\n"
