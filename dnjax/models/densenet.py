@@ -357,11 +357,8 @@ class DenseNet(nn.Module):
                 )(x, train)
                 self.sow("intermediates", f"transition{i + 1}_out", x)
 
-        if not post:  # post-activation features are already normalised and rectified
-            x = nn.relu(norm(name="final_norm")(x))
-        x = common.global_avg_pool(x)
-        x = common.classifier(self.num_classes, dtype)(x)
-        return x.astype(jnp.float32)
+        # post-activation features are already normalised and rectified
+        return common.head(x, self.num_classes, dtype, final_norm=None if post else norm)
 
 
 def validate_densenet(m: DenseNet) -> None:

@@ -199,11 +199,7 @@ class ResNet(nn.Module):
                 )(x)
             self.sow("intermediates", f"stage{i + 1}", x)
 
-        if pre:
-            x = nn.relu(norm(name="final_norm")(x))
-        x = common.global_avg_pool(x)
-        x = common.classifier(self.num_classes, dtype)(x)
-        return x.astype(jnp.float32)
+        return common.head(x, self.num_classes, dtype, final_norm=norm if pre else None)
 
 
 def validate_resnet(m: ResNet) -> None:
