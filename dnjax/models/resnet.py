@@ -49,8 +49,19 @@ class _Block(nn.Module):
 
     expansion = 1
 
-    def _needs_projection(self, x: jnp.ndarray) -> bool:
-        return self.strides != 1 or x.shape[-1] != self.features * self.expansion
+    def _shortcut(self, x: jnp.ndarray, preact: jnp.ndarray | None = None) -> jnp.ndarray:
+        """The unit's shortcut from its input ``x``: ``x`` itself where the shape is kept, else
+        option A (``x`` subsampled and zero-padded) or a strided 1x1 projection ``proj_conv``. A
+        post-activation unit projects ``x`` and normalises (``proj_norm``); a pre-activation unit
+        passes its pre-activated input as ``preact`` and projects that, with no norm."""
+        out_features = self.features * self.expansion
+        if self.strides == 1 and x.shape[-1] == out_features:
+            return x
+        if self.shortcut == "A":
+            return _zero_pad_shortcut(x, out_features, self.strides)
+        source = x if preact is None else preact
+        y = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(source)
+        return self.norm(name="proj_norm")(y) if preact is None else y
 
 
 class BasicBlock(_Block):
@@ -58,18 +69,11 @@ class BasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        out_features = self.features
         y = self.conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv1")(x)
         y = nn.relu(self.norm(name="norm1")(y))
         y = self.conv(self.features, (3, 3), padding=1, name="conv2")(y)
         y = self.norm(name="norm2")(y)
-        if self._needs_projection(x):
-            if self.shortcut == "A":
-                x = _zero_pad_shortcut(x, out_features, self.strides)
-            else:
-                x = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(x)
-                x = self.norm(name="proj_norm")(x)
-        return nn.relu(x + y)
+        return nn.relu(self._shortcut(x) + y)
 
 
 class PreActBasicBlock(_Block):
@@ -77,17 +81,8 @@ class PreActBasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        out_features = self.features
         preact = nn.relu(self.norm(name="norm1")(x))
-        if self._needs_projection(x):
-            if self.shortcut == "A":
-                shortcut = _zero_pad_shortcut(x, out_features, self.strides)
-            else:
-                shortcut = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(
-                    preact
-                )
-        else:
-            shortcut = x
+        shortcut = self._shortcut(x, preact)
         y = self.conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv1")(preact)
         y = nn.relu(self.norm(name="norm2")(y))
         y = self.conv(self.features, (3, 3), padding=1, name="conv2")(y)
@@ -108,13 +103,7 @@ class BottleneckBlock(_Block):
         y = nn.relu(self.norm(name="norm2")(y))
         y = self.conv(out_features, (1, 1), name="conv3")(y)
         y = self.norm(name="norm3")(y)
-        if self._needs_projection(x):
-            if self.shortcut == "A":
-                x = _zero_pad_shortcut(x, out_features, self.strides)
-            else:
-                x = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(x)
-                x = self.norm(name="proj_norm")(x)
-        return nn.relu(x + y)
+        return nn.relu(self._shortcut(x) + y)
 
 
 class PreActBottleneckBlock(_Block):
@@ -126,15 +115,7 @@ class PreActBottleneckBlock(_Block):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         out_features = self.features * self.expansion
         preact = nn.relu(self.norm(name="norm1")(x))
-        if self._needs_projection(x):
-            if self.shortcut == "A":
-                shortcut = _zero_pad_shortcut(x, out_features, self.strides)
-            else:
-                shortcut = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(
-                    preact
-                )
-        else:
-            shortcut = x
+        shortcut = self._shortcut(x, preact)
         y = self.conv(self.features, (1, 1), name="conv1")(preact)
         y = nn.relu(self.norm(name="norm2")(y))
         y = self.conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv2")(y)
