@@ -204,26 +204,27 @@ def validate_resnet(m: ResNet) -> None:
     common.resolve_dtype(m.dtype)
 
 
+def _cifar_units_per_stage(depth: int, per_n: int, kind: str, examples: str) -> int:
+    """Depth (per_n)n+2 -> n: the stem conv, three stages of n units of per_n / 3 convs each, and
+    the classifier."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < per_n + 2 or (depth - 2) % per_n:
+        raise ValueError(
+            f"depth={depth!r} is invalid for a CIFAR {kind} ResNet: it must be {per_n}n+2 with n >= 1, "
+            f"e.g. {examples}"
+        )
+    return (depth - 2) // per_n
+
+
 def resnet_cifar(depth: int = 20, **kwargs: Any) -> ResNet:
     """CIFAR ResNet-(6n+2) with basic blocks and option-A shortcuts (He 2015)."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"depth={depth!r} is invalid for a CIFAR basic-block ResNet: it must be 6n+2 with n >= 1, "
-            "e.g. 20, 32, 44, 56, 110, 1202"
-        )
-    n = (depth - 2) // 6
+    n = _cifar_units_per_stage(depth, 6, "basic-block", "20, 32, 44, 56, 110, 1202")
     kwargs.setdefault("shortcut", "A")
     return ResNet(stage_sizes=(n, n, n), block="basic", widths=(16, 32, 64), stem_features=16, **kwargs)
 
 
 def resnet_cifar_bottleneck(depth: int = 164, **kwargs: Any) -> ResNet:
     """CIFAR bottleneck ResNet-(9n+2): stages output 64/128/256 channels (He 2016)."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
-        raise ValueError(
-            f"depth={depth!r} is invalid for a CIFAR bottleneck ResNet: it must be 9n+2 with n >= 1, "
-            "e.g. 164, 1001"
-        )
-    n = (depth - 2) // 9
+    n = _cifar_units_per_stage(depth, 9, "bottleneck", "164, 1001")
     kwargs.setdefault("shortcut", "B")
     return ResNet(
         stage_sizes=(n, n, n), block="bottleneck", widths=(16, 32, 64), stem_features=16, **kwargs
