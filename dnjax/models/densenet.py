@@ -230,36 +230,40 @@ class EfficientDenseBlock(nn.Module):
         return out
 
 
-class Transition(nn.Module):
+class _TransitionBase(nn.Module):
+    """What the pre- and post-activation transitions share: a 1x1 composite function that
+    compresses to ``out_features`` channels, dropout, and a 2x2 average pool that halves the
+    resolution; subclasses give the composite function."""
+
+    out_features: int
+    conv: ModuleDef
+    norm: ModuleDef
+    dropout_rate: float = 0.0
+
+    def composite(self, x: jnp.ndarray) -> jnp.ndarray:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = self.composite(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class Transition(_TransitionBase):
     """BN-ReLU-Conv1x1(out_features)-AvgPool2x2: compresses channels and halves the resolution."""
 
-    out_features: int
-    conv: ModuleDef
-    norm: ModuleDef
-    dropout_rate: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def composite(self, x: jnp.ndarray) -> jnp.ndarray:
         x = nn.relu(self.norm(name="norm")(x))
-        x = self.conv(self.out_features, (1, 1), name="conv")(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return self.conv(self.out_features, (1, 1), name="conv")(x)
 
 
-class PostActTransition(nn.Module):
+class PostActTransition(_TransitionBase):
     """Conv1x1-BN-ReLU-AvgPool2x2, the transition of the post-activation ablation."""
 
-    out_features: int
-    conv: ModuleDef
-    norm: ModuleDef
-    dropout_rate: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def composite(self, x: jnp.ndarray) -> jnp.ndarray:
         x = self.conv(self.out_features, (1, 1), name="conv")(x)
-        x = nn.relu(self.norm(name="norm")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return nn.relu(self.norm(name="norm")(x))
 
 
 _LAYER_CLASSES = {"pre": (DenseLayer, Transition), "post": (PostActDenseLayer, PostActTransition)}
