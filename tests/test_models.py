@@ -472,6 +472,19 @@ def test_a_changed_dense_layer_stops_the_memory_efficient_mode_it_would_not_reac
     get_model("densenet_bc100_k12", memory_efficient=True, activation="post")  # PostActDenseLayer
 
 
+def test_the_fingerprint_covers_the_layers_composite_function_and_not_its_twins(monkeypatch):
+    """DenseLayer's __call__ is shared with PostActDenseLayer and calls ``composite``: editing
+    DenseLayer's composite function (here: to the post-activation order) changes the fingerprint
+    and stops the memory-efficient mode; editing the post-activation twin's does not."""
+    pre_composite, post_composite = densenet.DenseLayer.composite, densenet.PostActDenseLayer.composite
+    monkeypatch.setattr(densenet.PostActDenseLayer, "composite", pre_composite)
+    assert densenet.dense_layer_fingerprint() == efficient_block.MIRRORED_DENSE_LAYER
+    monkeypatch.setattr(densenet.DenseLayer, "composite", post_composite)
+    assert densenet.dense_layer_fingerprint() != efficient_block.MIRRORED_DENSE_LAYER
+    with pytest.raises(ValueError, match="DenseLayer was changed"):
+        get_model("densenet_bc100_k12", memory_efficient=True)
+
+
 def test_memory_efficient_mode_updates_batchnorm_statistics_once(remat_runs):
     """Same running statistics in both modes, and for the first BatchNorm (on the stem output)
     exactly one momentum-0.9 step from (0, 1): mean 0.1*m and var 0.9 + 0.1*v with v the biased

@@ -95,15 +95,18 @@ def write_workdir(out, variables: dict[str, Any], config: ml_collections.ConfigD
     if converted_from is not None:
         meta["converted_from"] = converted_from
 
+    def save_into(directory) -> None:
+        ckpts = checkpointing.Checkpoints(directory, keep=config.keep_checkpoints, async_save=False,
+                                          training=True)
+        try:
+            ckpts.save(0, state, meta, force=True)
+        finally:
+            ckpts.close()
+        storage.write_whole(directory / "config.json", config.to_json_best_effort(indent=2))
+
     if storage.is_remote(out):
         try:
-            ckpts = checkpointing.Checkpoints(out, keep=config.keep_checkpoints, async_save=False,
-                                              training=True)
-            try:
-                ckpts.save(0, state, meta, force=True)
-            finally:
-                ckpts.close()
-            storage.write_whole(out / "config.json", config.to_json_best_effort(indent=2))
+            save_into(out)
         except BaseException:
             if out.exists():
                 out.rmtree()
@@ -112,13 +115,7 @@ def write_workdir(out, variables: dict[str, Any], config: ml_collections.ConfigD
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = storage.path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        ckpts = checkpointing.Checkpoints(tmp, keep=config.keep_checkpoints, async_save=False,
-                                          training=True)
-        try:
-            ckpts.save(0, state, meta, force=True)
-        finally:
-            ckpts.close()
-        (tmp / "config.json").write_text(config.to_json_best_effort(indent=2))
+        save_into(tmp)
         if out.exists():
             out.rmdir()
         tmp.rename(out)

@@ -180,6 +180,19 @@ def conv_and_norm(train: bool, dtype: Any) -> tuple[ModuleDef, ModuleDef]:
     return conv, norm
 
 
+def head(x: jnp.ndarray, num_classes: int, dtype: Any, final_norm: ModuleDef | None = None
+         ) -> jnp.ndarray:
+    """The end of every network: with ``final_norm`` (pre-activation networks, whose last features
+    are not yet normalised) BN-ReLU as ``final_norm``, then the global average pool, the classifier
+    ``head`` and the logits cast to float32. Called from a compact method, whose submodules these
+    become."""
+    if final_norm is not None:
+        x = nn.relu(final_norm(name="final_norm")(x))
+    x = global_avg_pool(x)
+    x = classifier(num_classes, dtype)(x)
+    return x.astype(jnp.float32)
+
+
 def classifier(num_classes: int, dtype: Any) -> nn.Dense:
     return nn.Dense(
         num_classes,

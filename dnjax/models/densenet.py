@@ -60,19 +60,13 @@ class _Kernel(nn.Module):
         return self.param("kernel", common.conv_kernel_init, self.shape, jnp.float32)
 
 
-class DenseLayer(nn.Module):
-    """Pre-activation H_l: BN-ReLU-Conv3x3(k), or with ``bottleneck`` the DenseNet-B form
-    BN-ReLU-Conv1x1(bn_size * k)-BN-ReLU-Conv3x3(k).
+class _DenseLayerBase(nn.Module):
+    """What the pre- and post-activation layers share: the fields and the layer's course. H_l is
+    one composite function to ``growth_rate`` channels, or with ``bottleneck`` (DenseNet-B) a 1x1
+    one to ``bn_size * growth_rate`` channels before it; subclasses give the composite function.
 
     Takes the list of feature maps produced so far and concatenates them itself, so that under
     ``nn.remat`` the concatenation is part of what gets recomputed.
-
-    EDITING THIS LAYER: with ``memory_efficient=True`` and ``bottleneck=True`` this class is never
-    called. Its computation is mirrored, forward and hand-written backward, by
-    ``dnjax/models/efficient_block.py`` (``dense_block`` and ``_block_bwd``). Make the same change
-    there, check it with ``tests/test_models.py -k efficient``, then set
-    ``efficient_block.MIRRORED_DENSE_LAYER`` to the new ``dense_layer_fingerprint()``. Until then
-    the memory-efficient mode refuses to build (the plain mode is unaffected).
     """
 
     growth_rate: int
@@ -83,33 +77,59 @@ class DenseLayer(nn.Module):
     dropout_rate: float = 0.0
     dropout_placement: str = "torch"
 
+    def composite(self, x: jnp.ndarray, index: int, features: int, window: int) -> jnp.ndarray:
+        """The ``index``-th composite function (norm``index``, conv``index``): a ``window`` x
+        ``window`` convolution to ``features`` channels, padded to keep height and width."""
+        raise NotImplementedError
+
     @nn.compact
     def __call__(self, features: Sequence[jnp.ndarray], train: bool) -> jnp.ndarray:
+        x = _concat(features)
         if self.bottleneck:
-            x = nn.relu(self.norm(name="norm1")(_concat(features)))
-            x = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
+            x = self.composite(x, 1, self.bn_size * self.growth_rate, 1)
             if self.dropout_placement == "torch":
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.relu(self.norm(name="norm2")(x))
-            x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv2")(x)
+            x = self.composite(x, 2, self.growth_rate, 3)
         else:
-            x = nn.relu(self.norm(name="norm1")(_concat(features)))
-            x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv1")(x)
+            x = self.composite(x, 1, self.growth_rate, 3)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
+class DenseLayer(_DenseLayerBase):
+    """Pre-activation H_l: BN-ReLU-Conv3x3(k), or with ``bottleneck`` the DenseNet-B form
+    BN-ReLU-Conv1x1(bn_size * k)-BN-ReLU-Conv3x3(k).
+
+    EDITING THIS LAYER: with ``memory_efficient=True`` and ``bottleneck=True`` this class is never
+    called. Its computation (``_DenseLayerBase.__call__`` with this ``composite``) is mirrored,
+    forward and hand-written backward, by ``dnjax/models/efficient_block.py`` (``dense_block`` and
+    ``_block_bwd``). Make the same change there, check it with ``tests/test_models.py -k
+    efficient``, then set ``efficient_block.MIRRORED_DENSE_LAYER`` to the new
+    ``dense_layer_fingerprint()``. Until then the memory-efficient mode refuses to build (the plain
+    mode is unaffected).
+    """
+
+    def composite(self, x: jnp.ndarray, index: int, features: int, window: int) -> jnp.ndarray:
+        x = nn.relu(self.norm(name=f"norm{index}")(x))
+        return self.conv(features, (window, window), padding=window // 2, name=f"conv{index}")(x)
+
+
 def dense_layer_fingerprint(layer_cls: type = DenseLayer) -> str:
-    """A hash of what :class:`DenseLayer` computes: the syntax tree of its ``__call__`` (comments,
-    docstrings and formatting left out) and its fields with their defaults."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(layer_cls.__call__)))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
+    """A hash of what :class:`DenseLayer` computes: the syntax trees of the methods it runs, its
+    ``__call__`` and ``composite`` (comments, docstrings and formatting left out), and its fields
+    with their defaults."""
+    trees = [ast.parse(textwrap.dedent(inspect.getsource(getattr(layer_cls, method))))
+             for method in ("__call__", "composite")]
+    for tree in trees:
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
     fields = [(f.name, "required" if f.default is dataclasses.MISSING else repr(f.default))
               for f in dataclasses.fields(layer_cls) if f.name not in ("parent", "name")]
-    return hashlib.sha256((ast.dump(tree) + repr(fields)).encode()).hexdigest()[:16]
+    code = "".join(ast.dump(tree) for tree in trees)
+    return hashlib.sha256((code + repr(fields)).encode()).hexdigest()[:16]
 
 
 def check_efficient_block_mirrors_dense_layer() -> None:
@@ -125,32 +145,13 @@ def check_efficient_block_mirrors_dense_layer() -> None:
         )
 
 
-class PostActDenseLayer(nn.Module):
+class PostActDenseLayer(_DenseLayerBase):
     """Post-activation H_l for the ablation: Conv3x3-BN-ReLU, or with ``bottleneck``
     Conv1x1-BN-ReLU-Conv3x3-BN-ReLU. Its output is non-negative."""
 
-    growth_rate: int
-    bottleneck: bool
-    bn_size: int
-    conv: ModuleDef
-    norm: ModuleDef
-    dropout_rate: float = 0.0
-    dropout_placement: str = "torch"
-
-    @nn.compact
-    def __call__(self, features: Sequence[jnp.ndarray], train: bool) -> jnp.ndarray:
-        x = _concat(features)
-        if self.bottleneck:
-            x = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
-            x = nn.relu(self.norm(name="norm1")(x))
-            if self.dropout_placement == "torch":
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv2")(x)
-            x = nn.relu(self.norm(name="norm2")(x))
-        else:
-            x = self.conv(self.growth_rate, (3, 3), padding=1, name="conv1")(x)
-            x = nn.relu(self.norm(name="norm1")(x))
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    def composite(self, x: jnp.ndarray, index: int, features: int, window: int) -> jnp.ndarray:
+        x = self.conv(features, (window, window), padding=window // 2, name=f"conv{index}")(x)
+        return nn.relu(self.norm(name=f"norm{index}")(x))
 
 
 class DenseBlock(nn.Module):
@@ -229,36 +230,40 @@ class EfficientDenseBlock(nn.Module):
         return out
 
 
-class Transition(nn.Module):
+class _TransitionBase(nn.Module):
+    """What the pre- and post-activation transitions share: a 1x1 composite function that
+    compresses to ``out_features`` channels, dropout, and a 2x2 average pool that halves the
+    resolution; subclasses give the composite function."""
+
+    out_features: int
+    conv: ModuleDef
+    norm: ModuleDef
+    dropout_rate: float = 0.0
+
+    def composite(self, x: jnp.ndarray) -> jnp.ndarray:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = self.composite(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class Transition(_TransitionBase):
     """BN-ReLU-Conv1x1(out_features)-AvgPool2x2: compresses channels and halves the resolution."""
 
-    out_features: int
-    conv: ModuleDef
-    norm: ModuleDef
-    dropout_rate: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def composite(self, x: jnp.ndarray) -> jnp.ndarray:
         x = nn.relu(self.norm(name="norm")(x))
-        x = self.conv(self.out_features, (1, 1), name="conv")(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return self.conv(self.out_features, (1, 1), name="conv")(x)
 
 
-class PostActTransition(nn.Module):
+class PostActTransition(_TransitionBase):
     """Conv1x1-BN-ReLU-AvgPool2x2, the transition of the post-activation ablation."""
 
-    out_features: int
-    conv: ModuleDef
-    norm: ModuleDef
-    dropout_rate: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def composite(self, x: jnp.ndarray) -> jnp.ndarray:
         x = self.conv(self.out_features, (1, 1), name="conv")(x)
-        x = nn.relu(self.norm(name="norm")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return nn.relu(self.norm(name="norm")(x))
 
 
 _LAYER_CLASSES = {"pre": (DenseLayer, Transition), "post": (PostActDenseLayer, PostActTransition)}
@@ -357,11 +362,8 @@ class DenseNet(nn.Module):
                 )(x, train)
                 self.sow("intermediates", f"transition{i + 1}_out", x)
 
-        if not post:  # post-activation features are already normalised and rectified
-            x = nn.relu(norm(name="final_norm")(x))
-        x = common.global_avg_pool(x)
-        x = common.classifier(self.num_classes, dtype)(x)
-        return x.astype(jnp.float32)
+        # post-activation features are already normalised and rectified
+        return common.head(x, self.num_classes, dtype, final_norm=None if post else norm)
 
 
 def validate_densenet(m: DenseNet) -> None:

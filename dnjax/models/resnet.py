@@ -49,8 +49,19 @@ class _Block(nn.Module):
 
     expansion = 1
 
-    def _needs_projection(self, x: jnp.ndarray) -> bool:
-        return self.strides != 1 or x.shape[-1] != self.features * self.expansion
+    def _shortcut(self, x: jnp.ndarray, preact: jnp.ndarray | None = None) -> jnp.ndarray:
+        """The unit's shortcut from its input ``x``: ``x`` itself where the shape is kept, else
+        option A (``x`` subsampled and zero-padded) or a strided 1x1 projection ``proj_conv``. A
+        post-activation unit projects ``x`` and normalises (``proj_norm``); a pre-activation unit
+        passes its pre-activated input as ``preact`` and projects that, with no norm."""
+        out_features = self.features * self.expansion
+        if self.strides == 1 and x.shape[-1] == out_features:
+            return x
+        if self.shortcut == "A":
+            return _zero_pad_shortcut(x, out_features, self.strides)
+        source = x if preact is None else preact
+        y = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(source)
+        return self.norm(name="proj_norm")(y) if preact is None else y
 
 
 class BasicBlock(_Block):
@@ -58,18 +69,11 @@ class BasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        out_features = self.features
         y = self.conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv1")(x)
         y = nn.relu(self.norm(name="norm1")(y))
         y = self.conv(self.features, (3, 3), padding=1, name="conv2")(y)
         y = self.norm(name="norm2")(y)
-        if self._needs_projection(x):
-            if self.shortcut == "A":
-                x = _zero_pad_shortcut(x, out_features, self.strides)
-            else:
-                x = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(x)
-                x = self.norm(name="proj_norm")(x)
-        return nn.relu(x + y)
+        return nn.relu(self._shortcut(x) + y)
 
 
 class PreActBasicBlock(_Block):
@@ -77,17 +81,8 @@ class PreActBasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        out_features = self.features
         preact = nn.relu(self.norm(name="norm1")(x))
-        if self._needs_projection(x):
-            if self.shortcut == "A":
-                shortcut = _zero_pad_shortcut(x, out_features, self.strides)
-            else:
-                shortcut = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(
-                    preact
-                )
-        else:
-            shortcut = x
+        shortcut = self._shortcut(x, preact)
         y = self.conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv1")(preact)
         y = nn.relu(self.norm(name="norm2")(y))
         y = self.conv(self.features, (3, 3), padding=1, name="conv2")(y)
@@ -108,13 +103,7 @@ class BottleneckBlock(_Block):
         y = nn.relu(self.norm(name="norm2")(y))
         y = self.conv(out_features, (1, 1), name="conv3")(y)
         y = self.norm(name="norm3")(y)
-        if self._needs_projection(x):
-            if self.shortcut == "A":
-                x = _zero_pad_shortcut(x, out_features, self.strides)
-            else:
-                x = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(x)
-                x = self.norm(name="proj_norm")(x)
-        return nn.relu(x + y)
+        return nn.relu(self._shortcut(x) + y)
 
 
 class PreActBottleneckBlock(_Block):
@@ -126,15 +115,7 @@ class PreActBottleneckBlock(_Block):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         out_features = self.features * self.expansion
         preact = nn.relu(self.norm(name="norm1")(x))
-        if self._needs_projection(x):
-            if self.shortcut == "A":
-                shortcut = _zero_pad_shortcut(x, out_features, self.strides)
-            else:
-                shortcut = self.conv(out_features, (1, 1), strides=self.strides, name="proj_conv")(
-                    preact
-                )
-        else:
-            shortcut = x
+        shortcut = self._shortcut(x, preact)
         y = self.conv(self.features, (1, 1), name="conv1")(preact)
         y = nn.relu(self.norm(name="norm2")(y))
         y = self.conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv2")(y)
@@ -199,11 +180,7 @@ class ResNet(nn.Module):
                 )(x)
             self.sow("intermediates", f"stage{i + 1}", x)
 
-        if pre:
-            x = nn.relu(norm(name="final_norm")(x))
-        x = common.global_avg_pool(x)
-        x = common.classifier(self.num_classes, dtype)(x)
-        return x.astype(jnp.float32)
+        return common.head(x, self.num_classes, dtype, final_norm=norm if pre else None)
 
 
 def validate_resnet(m: ResNet) -> None:
@@ -227,26 +204,27 @@ def validate_resnet(m: ResNet) -> None:
     common.resolve_dtype(m.dtype)
 
 
+def _cifar_units_per_stage(depth: int, per_n: int, kind: str, examples: str) -> int:
+    """Depth (per_n)n+2 -> n: the stem conv, three stages of n units of per_n / 3 convs each, and
+    the classifier."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < per_n + 2 or (depth - 2) % per_n:
+        raise ValueError(
+            f"depth={depth!r} is invalid for a CIFAR {kind} ResNet: it must be {per_n}n+2 with n >= 1, "
+            f"e.g. {examples}"
+        )
+    return (depth - 2) // per_n
+
+
 def resnet_cifar(depth: int = 20, **kwargs: Any) -> ResNet:
     """CIFAR ResNet-(6n+2) with basic blocks and option-A shortcuts (He 2015)."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"depth={depth!r} is invalid for a CIFAR basic-block ResNet: it must be 6n+2 with n >= 1, "
-            "e.g. 20, 32, 44, 56, 110, 1202"
-        )
-    n = (depth - 2) // 6
+    n = _cifar_units_per_stage(depth, 6, "basic-block", "20, 32, 44, 56, 110, 1202")
     kwargs.setdefault("shortcut", "A")
     return ResNet(stage_sizes=(n, n, n), block="basic", widths=(16, 32, 64), stem_features=16, **kwargs)
 
 
 def resnet_cifar_bottleneck(depth: int = 164, **kwargs: Any) -> ResNet:
     """CIFAR bottleneck ResNet-(9n+2): stages output 64/128/256 channels (He 2016)."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
-        raise ValueError(
-            f"depth={depth!r} is invalid for a CIFAR bottleneck ResNet: it must be 9n+2 with n >= 1, "
-            "e.g. 164, 1001"
-        )
-    n = (depth - 2) // 9
+    n = _cifar_units_per_stage(depth, 9, "bottleneck", "164, 1001")
     kwargs.setdefault("shortcut", "B")
     return ResNet(
         stage_sizes=(n, n, n), block="bottleneck", widths=(16, 32, 64), stem_features=16, **kwargs

@@ -50,9 +50,7 @@ class VGG(nn.Module):
                 x = conv(c, (3, 3), padding=1, name=f"stage{i + 1}_conv{j + 1}")(x)
                 x = nn.relu(norm(name=f"stage{i + 1}_norm{j + 1}")(x))
             self.sow("intermediates", f"stage{i + 1}", x)
-        x = common.global_avg_pool(x)
-        x = common.classifier(self.num_classes, dtype)(x)
-        return x.astype(jnp.float32)
+        return common.head(x, self.num_classes, dtype)
 
 
 def vgg(depth: int = 16, **kwargs: Any) -> VGG:
