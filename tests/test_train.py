@@ -235,6 +235,28 @@ def test_invalid_values_name_their_field():
         config_lib.validate(config)
 
 
+def test_a_config_json_of_the_earlier_layout_reads_as_the_same_config():
+    """Workdirs written when config.model held every field of the network's family (unset ones
+    as None) resume without a refused change and rebuild the same network."""
+    from configs import cifar_densenet
+
+    config = cifar_densenet.get_config("densenet_bc100_k12,c100")
+    saved = json.loads(config.to_json_best_effort())
+    family_fields = ("depth", "growth_rate", "bottleneck", "bn_size", "compression", "num_init_features",
+                     "dropout_placement", "activation", "memory_efficient", "stem")
+    saved["model"] = {**{k: None for k in family_fields}, **saved["model"]}
+    for field in ("halt_after_steps", "init_from", "profile_steps"):  # fields added since
+        del saved[field]
+    changes = config_lib.config_changes(saved, config)
+    assert sorted(changes) == ["halt_after_steps", "profile_steps"]  # absent then: free to change
+    assert config_lib.resume_policy(changes, finished=False)[1] == {}
+    loaded = config_lib.from_json(saved)
+    assert loaded.model.to_dict() == {"name": "densenet_bc100_k12", "dropout_rate": 0.2}
+    assert (loaded.halt_after_steps, loaded.init_from, loaded.profile_steps) == (-1, None, "")
+    assert config_lib.model_overrides(loaded) == config_lib.model_overrides(config) == {"dropout_rate": 0.2}
+    assert loaded.optim.decay_at == (0.5, 0.75)  # JSON lists read back as tuples
+
+
 def test_batch_not_divisible_by_devices(tmp_path, cache):
     r = runs.run_main(tmp_path / "w", "--config.batch_size=12", devices=8, cache=cache, timeout=120)
     assert r.returncode == 2
