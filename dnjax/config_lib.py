@@ -236,6 +236,13 @@ def _get(config, dotted: str):
     return node
 
 
+def _network_field(path: str, fields) -> str | None:
+    """FIELD where ``path`` is ``model.FIELD`` and FIELD is one of the chosen network's ``fields``
+    (``models.field_types``): a field a config file may leave out of ``config.model``."""
+    field = path.removeprefix("model.")
+    return field if path.startswith("model.") and field in fields else None
+
+
 def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str], flag: str = "config") -> None:
     """ConfigError for the first ``--<flag>.<path>=...`` of ``argv`` naming a field that
     ``config`` (the config file's, before overrides) does not have and that is not a field of the
@@ -244,7 +251,7 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str], flag
     name = dict(overrides).get("model.name") or config.model.name
     fields = models.field_types(name) if name in models.ZOO else {}
     for path, _ in overrides:
-        if _missing_path(config, path) is not None and path.removeprefix("model.") not in fields:
+        if _missing_path(config, path) is not None and _network_field(path, fields) is None:
             raise ConfigError(unknown_field_message(config, path))
 
 
@@ -335,11 +342,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple
             except TypeError as e:
                 raise ConfigError(f"config.{path}={value!r} is invalid: {e}") from None
             continue
-        field = path.removeprefix("model.")
-        if missing == path and path.startswith("model.") and field in models.field_types(config.model.name):
-            config.model[field] = _model_field_value(config.model.name, field, value)
-            continue
-        raise ConfigError(unknown_field_message(config, path))
+        if config.model.name not in models.ZOO:
+            _fail("model.name", config.model.name, f"valid names are {sorted(models.ZOO)}")
+        field = _network_field(path, models.field_types(config.model.name))
+        if field is None:
+            raise ConfigError(unknown_field_message(config, path))
+        config.model[field] = _model_field_value(config.model.name, field, value)
     return config
 
 
@@ -370,12 +378,11 @@ def check_flag_overrides(file_config: ml_collections.ConfigDict, parsed: ml_coll
     for path, text in _flag_overrides(argv, flag):
         if _missing_path(file_config, path) is None:
             continue
-        field = path.removeprefix("model.")
-        if path.startswith("model.") and "." not in field and field in fields:
-            value = "true" if text is None and fields[field] is bool else text
-            parsed.model[field] = _model_field_value(parsed.model.name, field, value)
-        else:
+        field = _network_field(path, fields)
+        if field is None:
             raise ConfigError(unknown_field_message(file_config, path))
+        value = "true" if text is None and fields[field] is bool else text
+        parsed.model[field] = _model_field_value(parsed.model.name, field, value)
     return parsed
 
 
@@ -454,14 +461,9 @@ def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
     model = {k: v for k, v in model.items() if k == "name" or v is not None}
     config = ml_collections.ConfigDict(_tuples(dict(saved, model=model)))
     for path, value in ADDED_FIELDS.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for part in parents:
-            node = node.get(part)
-            if node is None:
-                break
-        if node is not None and leaf not in node:
-            node[leaf] = value
+        if _missing_path(config, path) == path:  # its section is there, the field is not
+            parent, _, leaf = path.rpartition(".")
+            _get(config, parent)[leaf] = value
     return config
 
 
