@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from dnjax import logs
+from dnjax import logs, storage
 from dnjax.units import human
 from experiments import studies
-from experiments.results import FINISHED, MANIFEST, RUNNER_LOG, RunResult, read_manifest  # report.RunResult too
+from experiments.results import FINISHED, MANIFEST, RunResult, read_manifest, runner_exits  # report.RunResult too
 from experiments.studies import REPO, Run, StudyError
 
 # ------------------------------------------------------------------------------------------------
@@ -93,11 +93,8 @@ def config_of_run(run: Run):
 # Reading a run
 
 
-def _runner_exits(root: Path) -> dict[str, int]:
-    from dnjax import logs
-
-    records, _ = logs.read_jsonl(root / RUNNER_LOG)
-    return {r["run"]: int(r["rc"]) for r in records if "run" in r and "rc" in r}
+def _runner_exits(root) -> dict[str, int]:
+    return runner_exits(root)
 
 
 def _float(v: Any) -> float | None:
@@ -112,8 +109,8 @@ def read_run(root: Path, run: Run, exits: dict[str, int] | None = None, sizes: b
     from dnjax import logs
     from dnjax.config_lib import load_run_config
 
-    workdir = Path(root) / run.name
-    exits = exits if exits is not None else _runner_exits(Path(root))
+    workdir = storage.path(root) / run.name
+    exits = exits if exits is not None else _runner_exits(root)
     result = RunResult(run, "missing")
     config = None
     if (workdir / "config.json").exists():
@@ -188,7 +185,7 @@ def read_study(root: Path, study: str, budget: str | None = None, data_dir=None,
 
     The budget comes from ``root/study.json``; a manifest of another study is an error, as is a
     budget argument that contradicts it."""
-    root = Path(root)
+    root = storage.path(root)
     if not root.is_dir():
         raise StudyError(f"{root} does not exist: run the study first (python -m experiments.run {study} --root={root})")
     manifest = read_manifest(root)
@@ -201,7 +198,8 @@ def read_study(root: Path, study: str, budget: str | None = None, data_dir=None,
             raise StudyError(f"{root} holds study {study!r} at budget {mb!r}, not {budget!r}")
         budget = mb
     budget = budget or "full"
-    runs = studies.study_runs(study, budget, data_dir)
+    seeds = manifest.get("seeds") if manifest is not None else None
+    runs = studies.study_runs(study, budget, data_dir, seeds=seeds)
     exits = _runner_exits(root)
     return [read_run(root, r, exits, sizes=sizes) for r in runs], budget
 

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 from experiments.studies import Run, StudyError
 
 MANIFEST = "study.json"
-RUNNER_LOG = "runner.jsonl"
+RUNNER_LOG = "runner.jsonl"  # of a study run by one host; host I of H writes runner.hostIofH.jsonl
 FINISHED = "finished"
 
 
-def read_manifest(root: Path) -> dict | None:
-    path = Path(root) / MANIFEST
+def runner_log_name(host: int = 0, hosts: int = 1) -> str:
+    return RUNNER_LOG if hosts == 1 else f"runner.host{host}of{hosts}.jsonl"
+
+
+def read_manifest(root) -> dict | None:
+    from dnjax import storage
+
+    path = storage.path(root) / MANIFEST
     if not path.exists():
         return None
     try:
@@ -26,12 +31,25 @@ def read_manifest(root: Path) -> dict | None:
         raise StudyError(f"{path} is unreadable ({e}); is {root} a study directory?") from None
 
 
-def is_finished(workdir: Path) -> bool:
-    """Whether the run in ``workdir`` logged its final record."""
+def runner_exits(root) -> dict[str, int]:
+    """Each run's last exit status as the runners of every host recorded it."""
+    from dnjax import logs, storage
+
+    root = storage.path(root)
+    exits: dict[str, tuple[float, int]] = {}
+    for path in [root / RUNNER_LOG, *sorted(root.glob("runner.host*.jsonl"))]:
+        records, _ = logs.read_jsonl(path)
+        for r in records:
+            if "run" in r and "rc" in r and r.get("time", 0) >= exits.get(r["run"], (-1.0, 0))[0]:
+                exits[r["run"]] = (r.get("time", 0), int(r["rc"]))
+    return {name: rc for name, (_, rc) in exits.items()}
+
+
+def is_finished(workdir) -> bool:
+    """Whether the run in ``workdir`` (local or remote) logged its final record."""
     from dnjax import logs
 
-    records, _ = logs.read_jsonl(Path(workdir) / logs.METRICS_FILE)
-    return any(r.get("type") == "final" for r in records)
+    return any(r.get("type") == "final" for r in logs.records(workdir))
 
 
 @dataclasses.dataclass

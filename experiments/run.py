@@ -31,21 +31,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Sequence
 
-from dnjax import logs
-from experiments import feature_reuse, gradient_flow, studies
-from experiments.results import MANIFEST, RUNNER_LOG, is_finished, read_manifest
+from dnjax import logs, storage
+from experiments import executor, feature_reuse, gradient_flow, hosts, studies
+from experiments.results import MANIFEST, RUNNER_LOG, is_finished, read_manifest, runner_log_name  # noqa: F401
 from experiments.studies import REPO, Run, StudyError
 
 PREEMPTED = 143
@@ -119,8 +119,11 @@ def main_command(run: Run, root: str, extra: Sequence[str] = (), python: str = "
 # The study's directory (what it holds: experiments.results)
 
 
-def check_root(root: Path, study: str, budget: str, runs: Sequence[Run]) -> None:
-    """Refuses a root that belongs to another study or budget, or holds runs that are not ours."""
+def check_root(root, study: str, budget: str, seeds: Sequence[int] | None) -> tuple[int, ...] | None:
+    """Refuses a root that belongs to another study or budget, holds runs that are not ours, or was
+    started with the study's own seeds when ``seeds`` are given (or the reverse). Returns the seeds
+    the root's manifest is to list: those it lists and ``seeds`` (a root takes more seeds)."""
+    root = storage.path(root)
     manifest = read_manifest(root)
     if manifest is not None:
         theirs = (manifest.get("study"), manifest.get("budget", "full"))
@@ -129,11 +132,19 @@ def check_root(root: Path, study: str, budget: str, runs: Sequence[Run]) -> None
                 f"{root} holds study {theirs[0]!r} (budget {theirs[1]!r}), not {study!r} (budget "
                 f"{budget!r}); use another --root for this study. Nothing was changed."
             )
-        return
-    expected = {r.name: r.model for r in studies.study_runs(study, budget)}
-    if Path(root).is_dir():
+        stored = manifest.get("seeds")
+        if (stored is None) != (seeds is None):
+            given = "without --seeds" if seeds is None else f"with --seeds={','.join(map(str, seeds))}"
+            had = "without --seeds" if stored is None else f"with --seeds={','.join(map(str, stored))}"
+            raise StudyError(f"{root} was started {had} and this command is {given}: the run names differ; "
+                             "give the same seeds (more may be added) or use another --root. Nothing was changed.")
+        if seeds is None:
+            return None
+        return tuple(stored) + tuple(s for s in seeds if s not in stored)
+    expected = {r.name: r.model for r in studies.study_runs(study, budget, seeds=seeds)}
+    if root.is_dir():
         foreign = sorted(
-            p.name for p in Path(root).iterdir()
+            p.name for p in root.iterdir()
             if (p / "config.json").exists()
             and (p.name not in expected or _trained_model(p) not in (None, expected[p.name]))
         )
@@ -143,28 +154,43 @@ def check_root(root: Path, study: str, budget: str, runs: Sequence[Run]) -> None
                 f"trained another network than the study defines: "
                 f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; use another --root."
             )
+    return None if seeds is None else tuple(seeds)
 
 
-def _trained_model(workdir: Path) -> str | None:
+def _trained_model(workdir) -> str | None:
     try:
         return json.loads((workdir / "config.json").read_text())["model"]["name"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def write_manifest(root: Path, study: str, budget: str, runs: Sequence[Run]) -> None:
+def write_manifest(root, study: str, budget: str, seeds: Sequence[int] | None) -> None:
+    """``root/study.json``: the study, budget, seeds and every run (of every host). Every host of a
+    study writes the same content, each in one piece."""
+    root = storage.path(root)
     root.mkdir(parents=True, exist_ok=True)
-    all_runs = studies.study_runs(study, budget)
+    all_runs = studies.study_runs(study, budget, seeds=seeds)
     body = {"study": study, "budget": budget, "runs": [r.name for r in all_runs]}
-    tmp = root / f".{MANIFEST}.{os.getpid()}"
-    tmp.write_text(json.dumps(body, indent=2) + "\n")
-    os.replace(tmp, root / MANIFEST)  # atomic: every host of a job may write the same file
+    if seeds is not None:
+        body["seeds"] = list(seeds)
+    storage.write_whole(root / MANIFEST, json.dumps(body, indent=2) + "\n")
 
 
-def log_exit(root: Path, run: Run, rc: int, seconds: float) -> None:
-    with (root / RUNNER_LOG).open("a", encoding="utf-8") as f:
-        f.write(json.dumps({"run": run.name, "rc": rc, "seconds": round(seconds, 1),
-                            "time": round(time.time(), 3)}) + "\n")
+class RunnerLog:
+    """This host's record of the runs' exit statuses (``runner.jsonl``, or ``runner.hostIofH.jsonl``
+    where several hosts share the root), appended to locally and rewritten whole in a bucket."""
+
+    def __init__(self, root, host: int = 0, hosts: int = 1):
+        self.path = storage.path(root) / runner_log_name(host, hosts)
+
+    def write(self, run: str, rc: int, seconds: float) -> None:
+        line = json.dumps({"run": run, "rc": rc, "seconds": round(seconds, 1), "time": round(time.time(), 3)}) + "\n"
+        if storage.is_remote(self.path):
+            old = self.path.read_text() if self.path.exists() else ""
+            storage.write_whole(self.path, old + line)
+        else:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,11 +202,13 @@ def shell_lines(runs: Sequence[Run], root: str, extra: Sequence[str] = ()) -> li
 
 
 def slurm_script(study: str, budget: str, runs: Sequence[Run], root: str, extra: Sequence[str] = (),
-                 data_dir: str | None = None) -> str:
+                 data_dir: str | None = None, seeds: str | None = None) -> str:
     names = " ".join(shlex.quote(r.name) for r in runs)
     extra_flags = "".join(f" --set={shlex.quote(e.removeprefix('--config.'))}" for e in extra)
     if data_dir:
         extra_flags += f" --data_dir={shlex.quote(str(data_dir))}"
+    if seeds:
+        extra_flags += f" --seeds={shlex.quote(seeds)}"
     return "\n".join([
         "#!/bin/bash",
         f"#SBATCH --job-name=dnjax-{study}",
@@ -204,61 +232,71 @@ def slurm_script(study: str, budget: str, runs: Sequence[Run], root: str, extra:
 # Running
 
 
-class _Forwarder:
-    """Passes SIGTERM/SIGINT to the run in progress and remembers that it came."""
-
-    def __init__(self):
-        self.proc: subprocess.Popen | None = None
-        self.received: int | None = None
-
-    def __call__(self, signum, frame):
-        self.received = signum
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+def _log_dir(root: str, study: str) -> Path:
+    """Where the runs' output goes as they run: ROOT/logs, or for a root in a bucket a local folder
+    (each log is uploaded to ROOT/logs when its run ends)."""
+    if not storage.is_remote(root):
+        return Path(root) / "logs"
+    key = hashlib.sha1(root.encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"dnjax-study-{study}-{key}" / "logs"
 
 
-def run_study(study: str, root: Path, runs: Sequence[Run], budget: str, extra: Sequence[str] = (),
-              stdout=None) -> int:
-    root = Path(root).absolute()
-    check_root(root, study, budget, runs)
-    write_manifest(root, study, budget, runs)
-    forward = _Forwarder()
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    problems: list[str] = []
-    try:
-        for i, run in enumerate(runs, 1):
-            workdir = root / run.name
-            head = f"[{i}/{len(runs)}] {run.name}"
-            if is_finished(workdir):
-                print(f"{head}: finished already, skipped", flush=True)
-                continue
-            resuming = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
-            print(f"{head}: {'resuming' if resuming else 'starting'} ({run.label}, {run.dataset})", flush=True)
-            cmd = main_command(run, str(root), extra, python=sys.executable)
-            t0 = time.time()
-            forward.proc = subprocess.Popen(cmd, cwd=REPO, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
-            rc = forward.proc.wait()
-            forward.proc = None
-            log_exit(root, run, rc, time.time() - t0)
-            if rc == PREEMPTED or forward.received is not None:
-                print(f"{head}: preempted; rerun the same command to resume", flush=True)
-                return PREEMPTED
-            if rc != 0:
-                problems.append(f"{run.name} (exit {rc})")
-                print(f"{head}: failed with exit status {rc}; see {workdir}", flush=True)
-            elif not is_finished(workdir):
-                problems.append(f"{run.name} (stopped before the end)")
-                print(f"{head}: stopped before the end (halt_after_steps?)", flush=True)
-            else:
-                print(f"{head}: finished in {time.time() - t0:.0f} s", flush=True)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, extra: Sequence[str] = (), *,
+              parallel: int | None = 1, per_run: int | None = None, host: tuple[int, int] = (0, 1),
+              seeds: Sequence[int] | None = None, out=None, live: bool | None = None) -> int:
+    """Runs this host's share of ``runs`` (every ``host[1]``-th from the ``host[0]``-th), packed
+    onto its devices by :class:`experiments.executor.Executor`; see the module's docstring."""
+    out = out or sys.stdout
+    root = str(root) if storage.is_remote(str(root)) else os.path.abspath(root)
+    placement = hosts.detect()
+    slots, why = hosts.plan(placement, parallel, per_run)
+    manifest_seeds = check_root(root, study, budget, seeds)
+    write_manifest(root, study, budget, manifest_seeds)
+    index, count = host
+    mine = hosts.host_share(runs, index, count)
+    where = f"host {index} of {count} takes {len(mine)} of them" if count > 1 else "all on this host"
+    print(f"{study} at budget {budget}: {len(runs)} run(s), {where}; {why}", file=out, flush=True)
+
+    record = RunnerLog(root, index, count)
+    log_dir = _log_dir(root, study)
+    jobs = []
+    for run in mine:
+        workdir = storage.path(workdir_of(root, run))
+        if is_finished(workdir):
+            print(f"{run.name}: finished already, skipped", file=out, flush=True)
+            continue
+        metrics = workdir / logs.METRICS_FILE
+        jobs.append(executor.Job(run.name, main_command(run, root, extra, python=sys.executable),
+                                 lambda m=metrics: logs.read_jsonl(m)[0], log_dir / f"{run.name}.log"))
+
+    def on_exit(job: executor.Job, rc: int, seconds: float) -> None:
+        record.write(job.name, rc, seconds)
+        if storage.is_remote(root):
+            try:
+                storage.write_whole(storage.path(root) / "logs" / job.log.name, job.log.read_bytes())
+            except Exception as e:  # the run's own result is in the bucket already
+                print(f"{job.name}: its log stays at {job.log} (upload failed: {storage.one_line(e)})", file=out)
+
+    ex = executor.Executor(slots, REPO, on_exit, out=out, live=live,
+                           poll_seconds=15.0 if storage.is_remote(root) else 1.0)
+    outcomes, interrupted = ex.run(jobs)
+    if interrupted:
+        print(f"Interrupted: {sum(o.rc in (0, PREEMPTED) for o in outcomes)} run(s) stopped with their "
+              f"checkpoints saved; rerun the same command to resume.", file=out, flush=True)
+        return PREEMPTED
+    problems = []
+    for o in outcomes:
+        if o.rc != 0:
+            problems.append(f"{o.name} ({executor.exit_text(o.rc)})")
+        elif not is_finished(storage.path(workdir_of(root, next(r for r in mine if r.name == o.name)))):
+            problems.append(f"{o.name} (stopped before the end)")
     if problems:
-        print(f"{len(problems)} run(s) did not finish: {', '.join(problems)}", flush=True)
+        print(f"{len(problems)} run(s) did not finish: {', '.join(problems)}; their logs are in {log_dir}",
+              file=out, flush=True)
         return 1
-    print(f"All {len(runs)} run(s) of {study} finished; report: python -m experiments.report {study} "
-          f"--root={root}", flush=True)
+    host_note = f" (this host's {len(mine)})" if count > 1 else ""
+    print(f"All {len(runs) if count == 1 else len(mine)} run(s){host_note} of {study} finished; report: "
+          f"python -m experiments.report {study} --root={root}", file=out, flush=True)
     return 0
 
 
@@ -274,12 +312,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("study", help=f"one of: {', '.join(studies.STUDIES)}; or an analysis, one of: "
                    f"{', '.join(ANALYSES)}, followed by its own options (ANALYSIS --help lists them)")
     p.add_argument("--list", action=_List, help="list the studies and the analyses, and exit")
-    p.add_argument("--root", required=True, help="directory of the study; each run in ROOT/<run name>")
+    p.add_argument("--root", required=True, help="directory of the study (local or gs://); each run in ROOT/<run name>")
     p.add_argument("--budget", default="full", choices=studies.BUDGETS)
     p.add_argument("--smoke", action="store_true", help="the same as --budget=smoke")
     p.add_argument("--data_dir", default=None,
                    help=f"data directory of --budget=cifar10-sample (default {studies.SAMPLE_DIR}) or --budget=cifar100-cpu (default {studies.CIFAR100_DIR})")
-    p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this run (repeatable)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="run only this run, or the runs matching this shell pattern, e.g. 'densenet*_c100+' (repeatable)")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run every setting of the study once per seed (e.g. 0,1,2 or 0-4), whatever seeds the study "
+                        "and budget have of their own; the run names end in _s<seed>")
+    p.add_argument("--parallel", default="1", metavar="N|auto",
+                   help="runs at once on this host, each in its own process on its own share of the devices "
+                        "(GPUs, TPU chips or CPU cores); auto: one run per device (default 1: one run at a time on every device)")
+    p.add_argument("--devices_per_run", type=int, default=None, metavar="K",
+                   help="devices of each run (default: the host's devices divided among the --parallel runs)")
+    p.add_argument("--host", default=None, metavar="I/H",
+                   help="take host I of H's share of the runs (every H-th from the I-th), all hosts writing under one "
+                        "--root; default: a TPU pod slice's worker index, SLURM_PROCID of a multi-task step, else 0/1")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra --config.KEY=VALUE for every run, e.g. compilation_cache_dir=/tmp/c")
     p.add_argument("--print", action="store_true", dest="print_only", help="print the commands, run nothing")
@@ -298,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.quiet_libraries(verbose=a.verbosity >= 0)
     budget = "smoke" if a.smoke else a.budget
     try:
-        runs = studies.study_runs(a.study, budget, a.data_dir, a.only)
+        seeds = studies.parse_seeds(a.seeds) if a.seeds is not None else None
+        runs = studies.study_runs(a.study, budget, a.data_dir, a.only, seeds=seeds)
         for s in a.set:
             if "=" not in s:
                 raise StudyError(f"--set {s!r}: expected KEY=VALUE, e.g. compilation_cache_dir=/tmp/cache")
@@ -307,12 +358,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra.append(f"--verbosity={a.verbosity}")
         if a.print_only:
             if a.format == "slurm":
-                print(slurm_script(a.study, budget, runs, a.root, extra, a.data_dir), end="")
+                print(slurm_script(a.study, budget, runs, a.root, extra, a.data_dir, a.seeds), end="")
             else:
                 print("\n".join(shell_lines(runs, a.root, extra)))
             return 0
-        return run_study(a.study, Path(a.root), runs, budget, extra)
-    except StudyError as e:
+        parallel = hosts.parse_parallel(a.parallel)
+        if a.host is not None:
+            host = hosts.parse_host(a.host)
+        else:
+            i, h, _ = hosts.host_index()
+            host = (i, h)
+        return run_study(a.study, a.root, runs, budget, extra, parallel=parallel, per_run=a.devices_per_run,
+                         host=host, seeds=seeds)
+    except (StudyError, hosts.PlacementError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -23,8 +23,9 @@ belongs to it. Budgets turn a study's full-length runs into cheaper ones:
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from dnjax import published
 
@@ -114,15 +115,16 @@ def flag_value(v: Any) -> str:
 @dataclasses.dataclass(frozen=True)
 class Study:
     """``stand_ins`` replaces, for this study, the table a reduced budget draws its stand-ins from
-    (budget name -> table). ``finish(run, budget name)`` completes a run after the budget has
-    shrunk it (the settings only this study has), or drops it by returning None."""
+    (budget name -> table). ``finish(run, budget name, any_seed)`` completes a run after the budget
+    has shrunk it (the settings only this study has), or drops it by returning None; ``any_seed``
+    says that the seeds were chosen on the command line (``--seeds``), so that no seed is dropped."""
 
     name: str
     description: str
     runs: tuple[Run, ...]
     plots: tuple[str, ...] = ("curves", "efficiency")
     stand_ins: dict[str, dict[str, tuple[str, dict[str, Any], str, str]]] = dataclasses.field(default_factory=dict)
-    finish: Callable[[Run, str], Run | None] | None = None
+    finish: Callable[[Run, str, bool], Run | None] | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,13 +358,13 @@ def _stand_in(run: Run, table: dict[str, tuple[str, dict[str, Any], str, str]]) 
     return zoo, fields, label, stem
 
 
-def _cifar10_sample(run: Run, data_dir: Path | str, table=None) -> Run | None:
+def _cifar10_sample(run: Run, data_dir: Path | str, table=None, any_seed: bool = False) -> Run | None:
     """A small member of the run's family (from ``table``, default SAMPLE_STAND_INS) on the
     CIFAR-10 sample, with the run's recipe (C10+: augmentation, no dropout). Runs with no
     stand-in, or whose stand-in another run already covers (C100+ becomes C10+ here), are left
-    out."""
+    out. Only the seeds SAMPLE_SEEDS are kept, every seed with ``any_seed`` (``--seeds``)."""
     table = SAMPLE_STAND_INS if table is None else table
-    if run.seed not in SAMPLE_SEEDS or run.model not in table:
+    if (not any_seed and run.seed not in SAMPLE_SEEDS) or run.model not in table:
         return None
     zoo, fields, label, stem = _stand_in(run, table)
     name = f"{stem}_c10sample"
@@ -414,18 +416,21 @@ def cifar100_overrides(data_dir: Path | str) -> tuple[tuple[str, Any], ...]:
     )
 
 
-def _cifar100_cpu(run: Run, data_dir: Path | str, table=None) -> Run | None:
+def _cifar100_cpu(run: Run, data_dir: Path | str, table=None, any_seed: bool = False) -> Run | None:
     """The run's family stand-in (from ``table``, default C100_STAND_INS) on the real CIFAR-100
-    (C100+ runs only), with the published figure of the full-size network as its reference."""
+    (C100+ runs only), with the published figure of the full-size network as its reference. Only
+    the seeds C100_SEEDS are kept, every seed with ``any_seed`` (``--seeds``)."""
     table = C100_STAND_INS if table is None else table
-    if run.seed not in C100_SEEDS or run.model not in table or run.dataset != DATASET_NAMES["c100+"]:
+    if (not any_seed and run.seed not in C100_SEEDS) or run.model not in table or run.dataset != DATASET_NAMES["c100+"]:
         return None
     zoo, fields, label, stem = _stand_in(run, table)
-    name = f"{stem}_c100cpu"
+    name = group = f"{stem}_c100cpu"
+    if any_seed:  # --seeds: kept apart (the budget's own runs are of seed 0 alone)
+        name = f"{name}_s{run.seed}"
     config = run.config.split(":")[0] + f":{zoo},c100+"
     overrides = tuple((f"model.{k}", v) for k, v in fields.items()) + cifar100_overrides(data_dir)
     return dataclasses.replace(
-        run, name=name, group=name, config=config, overrides=overrides, dataset="C100+ (2 epochs)",
+        run, name=name, group=group, config=config, overrides=overrides, dataset="C100+ (2 epochs)",
         label=label, paper=None, stands_for=run.label, reference=run.paper,
     )
 
@@ -437,9 +442,11 @@ class Budget:
     transform: Callable[[Run], Run | None]
 
 
-def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None = None) -> Budget:
+def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None = None,
+           any_seed: bool = False) -> Budget:
     """Budget ``name``; ``stand_ins`` (budget name -> table) replaces the stand-in tables of the
-    reduced budgets (a study's own pairs)."""
+    reduced budgets (a study's own pairs); ``any_seed`` keeps runs of every seed (``--seeds``)
+    where the budget keeps only some."""
     table = (stand_ins or {}).get(name)
     if name == "full":
         return Budget(name, "the paper's full recipes", lambda r: r)
@@ -453,7 +460,7 @@ def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None
             f"(JPEG-recompressed) with the C10+ recipe whatever the study's data set, tested on "
             f"{SAMPLE_TEST_IMAGES} of its test images, seeds {', '.join(map(str, SAMPLE_SEEDS))} where the "
             "study has several",
-            lambda r: _cifar10_sample(r, d, table),
+            lambda r: _cifar10_sample(r, d, table, any_seed),
         )
     if name == "cifar100-cpu":
         d = data_dir or CIFAR100_DIR
@@ -461,7 +468,7 @@ def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None
             name,
             f"small networks of equal size, {C100_EPOCHS:g} epochs on the real CIFAR-100 with the C100+ recipe, "
             f"the whole test set every {C100_EVAL_EVERY:g} epoch, seed 0",
-            lambda r: _cifar100_cpu(r, d, table),
+            lambda r: _cifar100_cpu(r, d, table, any_seed),
         )
     raise ValueError(f"budget {name!r} is unknown; valid budgets are {', '.join(BUDGETS)}")
 
@@ -479,33 +486,61 @@ def get_study(name: str) -> Study:
     return STUDIES[name]
 
 
-def study_runs(name: str, budget_name: str = "full", data_dir=None,
-               only: list[str] | tuple[str, ...] = ()) -> tuple[Run, ...]:
-    """The runs of study ``name`` under a budget (duplicates the budget creates dropped), or just
-    the ones named in ``only``; an unknown name raises StudyError listing the valid ones."""
-    study = get_study(name)
+def with_seeds(runs: Sequence[Run], seeds: Sequence[int]) -> tuple[Run, ...]:
+    """Every setting (group) of ``runs`` once per seed, in the study's order: the group's first run
+    with the seed set, named ``<group>_s<seed>``. A study's own seeds are replaced."""
+    firsts: dict[str, Run] = {}
+    for r in runs:
+        firsts.setdefault(r.group, r)
+    return tuple(dataclasses.replace(r, seed=s, name=f"{g}_s{s}", group=g)
+                 for g, r in firsts.items() for s in seeds)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2); ``"0-4"`` -> (0, 1, 2, 3, 4). Raises StudyError naming the flag."""
+    seeds: list[int] = []
     try:
-        b = budget(budget_name, data_dir, study.stand_ins)
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, sep, hi = part.partition("-")
+            seeds += range(int(lo), int(hi) + 1) if sep else [int(lo)]
+    except ValueError:
+        raise StudyError(f"--seeds={text!r}: expected non-negative integers, e.g. --seeds=0,1,2 or --seeds=0-4") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise StudyError(f"--seeds={text!r}: expected distinct non-negative integers, e.g. --seeds=0,1,2")
+    return tuple(seeds)
+
+
+def study_runs(name: str, budget_name: str = "full", data_dir=None,
+               only: list[str] | tuple[str, ...] = (), seeds: Sequence[int] | None = None) -> tuple[Run, ...]:
+    """The runs of study ``name`` under a budget (duplicates the budget creates dropped), or just
+    the ones named in ``only`` (names or shell patterns, e.g. ``densenet*_c100+``); a name or
+    pattern that matches no run raises StudyError listing the valid ones.
+    ``seeds`` runs every setting of the study once per seed (:func:`with_seeds`), whatever seeds
+    the study and the budget have of their own; the run names then end in ``_s<seed>``."""
+    study = get_study(name)
+    any_seed = bool(seeds)
+    try:
+        b = budget(budget_name, data_dir, study.stand_ins, any_seed)
     except ValueError as e:
         raise StudyError(str(e)) from None
     runs, seen = [], set()
-    for run in study.runs:
+    for run in (with_seeds(study.runs, seeds) if any_seed else study.runs):
         r = b.transform(run)
         if r is not None and study.finish is not None:
-            r = study.finish(r, budget_name)
+            r = study.finish(r, budget_name, any_seed)
         if r is None or r.name in seen:
             continue
         seen.add(r.name)
         runs.append(r)
     if only:
         names = [r.name for r in runs]
-        unknown = [n for n in only if n not in names]
+        unknown = [n for n in only if not fnmatch.filter(names, n)]
         if unknown:
             raise StudyError(
-                f"run(s) {unknown} are not in study {name!r} (budget {budget_name}); its runs are: "
-                + ", ".join(names)
+                f"run(s) {unknown} are not in study {name!r} (budget {budget_name}"
+                f"{', seeds ' + ','.join(map(str, seeds)) if seeds else ''}); its runs are: " + ", ".join(names)
             )
-        runs = [r for r in runs if r.name in only]
+        runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, n) for n in only)]
     return tuple(runs)
 
 
@@ -542,12 +577,12 @@ def data_efficiency_steps(budget_name: str) -> int:
     return max(1, round(epochs * (images // batch)))
 
 
-def _finish_data_efficiency(run: Run, budget_name: str) -> Run | None:
+def _finish_data_efficiency(run: Run, budget_name: str, any_seed: bool = False) -> Run | None:
     """The subset (fraction, seed), the DenseNet recipe where the budget sets none, the equal step
     count, and evaluations and checkpoints every ``1 / fraction`` times the budget's interval in
     epochs (about the same steps as the whole-set run). The smoke budget draws its subsets from
     all of the digits' training part, so that the smallest still fills a batch."""
-    if run.seed not in DATA_SEEDS[budget_name] or run.train_fraction is None:
+    if (not any_seed and run.seed not in DATA_SEEDS[budget_name]) or run.train_fraction is None:
         return None
     f = run.train_fraction
     given = dict(run.overrides)
