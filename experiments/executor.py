@@ -252,12 +252,6 @@ class Executor:
                     else:
                         self._stop_all(running, signal.SIGKILL)
                     pending.clear()
-                while pending and free and not self.signals:
-                    job, slot = pending.popleft(), free.popleft()
-                    r = self._start(job, slot)
-                    running[slot.index] = r
-                    where = "" if not slot.env else f" on {slot.label}"
-                    self.say(f"{job.name}: started{where}; log {job.log}")
                 now = time.time()
                 for index, r in list(running.items()):
                     rc = r.proc.poll()
@@ -271,6 +265,12 @@ class Executor:
                     self.on_exit(r.job, rc, seconds)
                     outcomes.append(Outcome(r.job.name, rc, seconds, r.slot.index))
                     self._report(r, rc, seconds)
+                while pending and free and not self.signals:
+                    job, slot = pending.popleft(), free.popleft()
+                    r = self._start(job, slot)
+                    running[slot.index] = r
+                    where = "" if not slot.env else f" on {slot.label}"
+                    self.say(f"{job.name}: started{where}; log {job.log}")
                 self._draw(running, len(pending), len(outcomes))
                 if running:
                     time.sleep(0.2 if not self.live else 0.5)

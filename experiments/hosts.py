@@ -71,16 +71,26 @@ def _gpus() -> tuple[tuple[int, ...], str] | None:
     return (tuple(range(n)), "nvidia-smi -L") if n else None
 
 
-def _tpu_chips(dev: Path = Path("/dev")) -> tuple[tuple[int, ...], str] | None:
+GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips are PCI devices of Google's vendor id
+
+
+def _tpu_chips(dev: Path = Path("/dev"), pci: Path = Path("/sys/bus/pci/devices")) -> tuple[tuple[int, ...], str] | None:
+    """The chips of a TPU VM: ``/dev/accel*`` (v2-v4), or on v5e/v5p/v6e the PCI devices of Google's
+    vendor id (their VFIO groups in ``/dev/vfio`` alone could be any passed-through device)."""
     visible = os.environ.get("TPU_VISIBLE_CHIPS") or os.environ.get("TPU_VISIBLE_DEVICES")
-    accel = sorted(int(p.name[5:]) for p in dev.glob("accel*") if p.name[5:].isdigit())  # v2-v4
-    vfio = sorted(int(p.name) for p in (dev / "vfio").glob("*") if p.name.isdigit())  # v5e, v5p, v6e
-    chips = tuple(accel or vfio)
-    if not chips:
+    accel = sorted(int(p.name[5:]) for p in dev.glob("accel*") if p.name[5:].isdigit())
+    found = "/dev/accel*"
+    if not accel:
+        try:
+            n = sum((d / "vendor").read_text().strip() == GOOGLE_PCI_VENDOR for d in pci.iterdir())
+        except OSError:
+            n = 0
+        accel, found = list(range(n)), f"Google PCI devices in {pci}"
+    if not accel:
         return None
     if visible and _ids(visible) is not None:
         return _ids(visible), "TPU_VISIBLE_CHIPS"
-    return chips, str(dev / ("accel*" if accel else "vfio"))
+    return tuple(accel), found
 
 
 def detect(environ: Mapping[str, str] | None = None) -> Host:
@@ -166,8 +176,9 @@ def plan(host: Host, parallel: int | None, per_run: int | None = None) -> tuple[
             f"{parallel} run(s) at once of {per_run} {host.unit}(s) each need {per_run * parallel} "
             f"{host.unit}s; this host has {n_dev} ({host.found}); lower --parallel or --devices_per_run"
         )
-    if parallel == 1 and per_run == n_dev:
+    if parallel == 1 and per_run == n_dev and host.platform != "tpu":
         slots = [Slot(0, host.devices, {}, None, "the whole host")]  # as a run started by hand has it
+        # (A TPU VM of a pod slice is pinned even whole: unpinned, libtpu waits for the other VMs.)
     else:
         slots = []
         for i in range(parallel):

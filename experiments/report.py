@@ -21,8 +21,10 @@ import dataclasses
 import functools
 import json
 import math
+import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -321,13 +323,20 @@ def write_report(study_name: str, root: Path, out: Path | None = None, budget: s
 
     study = studies.get_study(study_name)
     results, budget = read_study(root, study_name, budget, data_dir)
-    out = Path(out or root)
+    upload = out is None and storage.is_remote(str(root))  # drawn here, then copied into the bucket
+    out = Path(tempfile.mkdtemp(prefix="dnjax-report-")) if upload else Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if with_plots:
         written = plots_lib.study_plots(study, results, out, title_suffix=f" ({budget})" if budget != "full" else "")
     path = out / "report.md"
     path.write_text(markdown(study, results, budget, root, written))
+    if upload:
+        remote = storage.path(root)
+        for f in [*written, path]:
+            storage.write_whole(remote / f.name, f.read_bytes())
+        shutil.rmtree(out, ignore_errors=True)
+        return remote / path.name, [remote / f.name for f in written], results
     return path, written, results
 
 
@@ -345,9 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     logs.quiet_libraries(verbose=a.verbosity >= 0)
     try:
-        path, written, results = write_report(a.study, Path(a.root), a.out and Path(a.out), a.budget,
+        root = a.root if storage.is_remote(a.root) else Path(a.root)
+        path, written, results = write_report(a.study, root, a.out and Path(a.out), a.budget,
                                               a.data_dir, not a.no_plots)
-    except StudyError as e:
+    except (StudyError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     done = sum(r.finished for r in results)

@@ -1,25 +1,35 @@
-"""Runs a study (its runs one after another on this host, or their command lines for a cluster) or
-an analysis.
+"""Runs a study on this host (its runs packed onto the host's devices, or one after another),
+prints its command lines for a cluster, or runs an analysis.
 
-    python -m experiments.run STUDY --root=DIR [--budget=full|smoke|cifar10-sample|cifar100-cpu] [--only=NAME]
+    python -m experiments.run STUDY --root=DIR [--budget=full|smoke|cifar10-sample|cifar100-cpu]
+        [--only=NAME|PATTERN] [--seeds=0,1,2] [--parallel=N|auto] [--devices_per_run=K] [--host=I/H]
     python -m experiments.run STUDY --root=DIR --print [--format=shell|slurm]
     python -m experiments.run ANALYSIS [its options]      (ANALYSIS --help lists them)
     python -m experiments.run --list                      (the studies and the analyses)
 
-Each run trains in ``DIR/<run name>`` through ``python -m dnjax.main``. A run whose log holds a
-final record is skipped; any other is started, or resumed from its checkpoints by dnjax itself, so
-rerunning the same command after an interruption carries on where it stopped. ``DIR/study.json``
-names the study and budget that own the directory: a root that belongs to another study (or to
-the same study at another budget) is refused rather than mixed. ``DIR/runner.jsonl`` records each
-run's exit status, which the report uses to tell a failed run from one still in progress.
+Each run trains in ``DIR/<run name>`` through ``python -m dnjax.main``, its output in
+``DIR/logs/<run name>.log``. A run whose log holds a final record is skipped; any other is
+started, or resumed from its checkpoints by dnjax itself, so rerunning the same command after an
+interruption carries on where it stopped. ``DIR/study.json`` names the study, budget and seeds that
+own the directory: a root that belongs to another study (or to the same study at another budget)
+is refused rather than mixed. ``DIR/runner.jsonl`` (``runner.hostIofH.jsonl`` for host I of H)
+records each run's exit status, which the report uses to tell a failed run from one in progress.
+
+``--parallel=N`` runs up to N runs at once, each in its own process on its own share of the
+host's GPUs, TPU chips or CPU cores (:mod:`experiments.hosts` finds them and builds the
+environment that confines a run to its share); ``auto`` runs one per device. ``--host=I/H`` takes
+host I of H's share of the runs (every run on exactly one host); on a TPU pod slice or in a
+multi-task SLURM step it is found from the environment. ``--seeds`` runs every setting of the study
+once per seed. SIGTERM or Ctrl-C stops every run in progress with a checkpoint (the executor,
+:mod:`experiments.executor`, passes SIGTERM on) and exits 143; a run that fails is reported with
+the end of its log and the others go on.
 
 ``--print`` writes one ``python -m dnjax.main`` line per run (run it from the repository root; on
 a TPU pod, the same line on every host), ``--format=slurm`` an sbatch script with one array task
-per run. ``--smoke`` is ``--budget=smoke``. SIGTERM is passed on to the run in progress, which
-saves a checkpoint; the runner then exits with 143 like dnjax itself.
+per run. ``--smoke`` is ``--budget=smoke``.
 
 Exit status: 0 when every selected run has finished, 1 when some failed or stopped early, 2 on a
-bad study, run or root, 143 when preempted.
+bad study, run, root or placement, 143 when interrupted.
 
 An analysis (``ANALYSES``) measures what the studies' logs do not hold: the gradient reaching each
 layer (``gradient_flow``), the weights each DenseNet layer gives its inputs (``feature_reuse``).
@@ -266,7 +276,9 @@ def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, ex
             print(f"{run.name}: finished already, skipped", file=out, flush=True)
             continue
         metrics = workdir / logs.METRICS_FILE
-        jobs.append(executor.Job(run.name, main_command(run, root, extra, python=sys.executable),
+        # Every run is a process of its own on this host (a pod's other VMs run other runs).
+        argv = main_command(run, root, [*extra, "--distributed=off"], python=sys.executable)
+        jobs.append(executor.Job(run.name, argv,
                                  lambda m=metrics: logs.read_jsonl(m)[0], log_dir / f"{run.name}.log"))
 
     def on_exit(job: executor.Job, rc: int, seconds: float) -> None:

@@ -62,6 +62,9 @@ def test_a_four_chip_tpu_vm_gives_each_process_its_chips_and_controller():
     assert [(s.env["TPU_VISIBLE_CHIPS"], s.env["TPU_CHIPS_PER_PROCESS_BOUNDS"]) for s in pairs] == [
         ("0,1", "1,2,1"), ("2,3", "1,2,1")]
     assert len({s.env["TPU_MESH_CONTROLLER_PORT"] for s in pairs}) == 2
+    (whole,), _ = hosts.plan(tpu, 1)  # even alone on a VM of a pod slice, a run is given its chips
+    assert whole.env["TPU_VISIBLE_CHIPS"] == "0,1,2,3" and whole.env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "2,2,1"
+    assert whole.env["TPU_PROCESS_BOUNDS"] == "1,1,1"
     with pytest.raises(hosts.PlacementError, match="1, 2, 4 or 8 chips"):
         hosts.plan(hosts.Host("tpu", tuple(range(6)), "test"), 2)
 
@@ -75,6 +78,23 @@ def test_two_cpu_cores_bind_one_run_to_each_with_one_thread():
     assert alone.cpus == (0,) and alone.env["OMP_NUM_THREADS"] == "1"
     (whole,), _ = hosts.plan(cpu, 1)
     assert whole.cpus is None and whole.env == {}
+
+
+def test_tpu_chips_are_found_from_accel_devices_or_googles_pci_devices(tmp_path, monkeypatch):
+    monkeypatch.delenv("TPU_VISIBLE_CHIPS", raising=False)
+    monkeypatch.delenv("TPU_VISIBLE_DEVICES", raising=False)
+    dev, pci = tmp_path / "dev", tmp_path / "pci"
+    for d in (dev / "vfio", pci):
+        d.mkdir(parents=True)
+    (dev / "vfio" / "0").touch()  # a VFIO group alone is not a TPU
+    for i, vendor in enumerate(["0x10de", "0x1ae0", "0x1ae0", "0x8086"]):
+        (pci / f"0000:00:0{i}.0").mkdir()
+        (pci / f"0000:00:0{i}.0" / "vendor").write_text(vendor + "\n")
+    assert hosts._tpu_chips(dev, pci)[0] == (0, 1)
+    for i in range(4):
+        (dev / f"accel{i}").touch()
+    assert hosts._tpu_chips(dev, pci) == ((0, 1, 2, 3), "/dev/accel*")
+    assert hosts._tpu_chips(tmp_path / "none", tmp_path / "none") is None
 
 
 def test_detect_follows_jax_platforms_and_the_affinity():
@@ -268,3 +288,26 @@ def test_two_hosts_on_one_root_run_every_run_once(tmp_path, cache, one_at_a_time
         events = [r.get("event") for r in logs.records(tmp_path / name, "event")]
         assert events.count("started") == 1 and "resumed" not in events
         assert numbers(tmp_path / name) == one_at_a_time[name], name
+
+
+def test_two_hosts_share_a_root_in_a_bucket_and_the_report_reads_it(gcs, cache):
+    """Two hosts of one study under a gs:// root (a real GCS server on 127.0.0.1): each trains its
+    run, the records and logs land in the bucket, and the report reads and writes there."""
+    from experiments import report
+
+    root = gcs.uri("packed")
+    picked = (RUNS[0], RUNS[2])
+    procs = [subprocess.Popen(command(root, cache, f"--host={i}/2", runs=picked, sets=()), cwd=REPO,
+                              env={**env(), **gcs.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    names = set(gcs.objects("packed"))
+    for i, name in enumerate(picked):
+        assert f"{name}: finished in " in outs[i] and name not in outs[1 - i]
+        assert {f"packed/{name}/metrics.jsonl", f"packed/logs/{name}.log"} <= names
+    assert {"packed/study.json", "packed/runner.host0of2.jsonl", "packed/runner.host1of2.jsonl"} <= names
+    assert report.main([STUDY, f"--root={root}", "--no_plots"]) == 0
+    md = (report.storage.path(root) / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and any(n in line for n in picked)]
+    assert len(rows) == 2 and all("| finished |" in row for row in rows)
