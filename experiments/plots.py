@@ -1,12 +1,13 @@
 """The plots of a study's report (matplotlib, written as PNG files).
 
-  curves.png       test error over epochs for every run, training loss beside it; one row per
-                   data set. Runs that did not finish are dashed and marked as such.
+  curves.png       test error over epochs, training loss (averaged over windows) beside it; one
+                   row per data set, one colour per setting: the mean over seeds with a band from
+                   the lowest to the highest seed. Runs that did not finish are dashed.
   efficiency.png   final test error against parameters and against MACs per image, a line per
                    family: the paper's Figure 4. Published figures, where a run has one, are
                    hollow markers at the run's measured size.
-  activation.png   pre- against post-activation layers per network and data set, mean ± standard
-                   deviation over seeds, with the published figures.
+  activation.png   pre- against post-activation layers per network and data set: every seed, the
+                   mean with its 95% interval, the difference; an axis that spans the errors.
   data_efficiency.png  final test error against the share of the training set a run trained on,
                    a line per family, mean ± standard deviation over seeds (error bars).
 
@@ -15,6 +16,7 @@ Only finished runs contribute a final error; a figure with nothing to show is no
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -61,37 +63,95 @@ def _finish(fig, path: Path, log_axes=()) -> Path:
     return path
 
 
-def curves(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
+def _smoothing_window(span: float) -> float:
+    """The window (in epochs) the training loss is averaged over: the smallest round width that
+    gives at most about 12 points over ``span`` epochs."""
+    for w in (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0):
+        if span / w <= 12:
+            return w
+    return 50.0
+
+
+def smoothed(points: Sequence[tuple[float, float]], window: float) -> list[tuple[float, float]]:
+    """The mean of the (epoch, value) points in each window of ``window`` epochs, at the window's end."""
+    bins: dict[int, list[float]] = {}
+    for e, v in points:
+        bins.setdefault(max(0, math.ceil(e / window - 1e-9) - 1), []).append(v)
+    return [((k + 1) * window, statistics.fmean(vs)) for k, vs in sorted(bins.items())]
+
+
+def _seed_text(runs: Sequence["RunResult"]) -> str:
+    seeds = [r.run.seed for r in runs]
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def _mean_band(series: Sequence[Sequence[tuple[float, float]]]):
+    """At the x values every series has: (x, mean, min, max)."""
+    common = sorted(set.intersection(*(set(x for x, _ in s) for s in series)))
+    table = [dict(s) for s in series]
+    return [(x, statistics.fmean(t[x] for t in table), min(t[x] for t in table), max(t[x] for t in table))
+            for x in common]
+
+
+def curves_figure(results: Sequence["RunResult"], title: str = ""):
+    """Test error and training loss over epochs: one colour per setting; with several seeds the
+    mean over them as a line and their range (min to max) as a band, the legend naming the seeds.
+    The training loss is the mean of the logged batches over windows of a round number of epochs."""
     shown = [r for r in results if r.evals or r.train]
     if not shown:
         return None
     datasets = _datasets(shown)
     colors = _group_colors(shown)
+    span = max([e for r in shown for e, _ in (r.train or r.evals)] or [1.0])
+    window = _smoothing_window(span)
     fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
         ax_err, ax_loss = axes[row]
-        labelled: set[str] = set()
+        settings: dict[str, list] = {}
         for r in shown:
-            if r.run.dataset != dataset:
-                continue
-            style = "-" if r.finished else "--"
-            label = r.run.label + ("" if r.finished else f" ({r.status})")
-            first = label not in labelled
-            labelled.add(label)
-            kw = dict(color=colors[r.run.label], linestyle=style, linewidth=1.4, alpha=0.9)
-            if r.evals:
-                e, err = zip(*r.evals)
-                ax_err.plot(e, err, marker="o", markersize=3, label=label if first else None, **kw)
-            if r.train:
-                e, loss = zip(*r.train)
-                ax_loss.plot(e, loss, label=label if first else None, **kw)
+            if r.run.dataset == dataset:
+                settings.setdefault(r.run.group, []).append(r)
+        for runs in settings.values():
+            color = colors[runs[0].run.label]
+            done = [r for r in runs if r.finished]
+            several = len(done) > 1
+            label = f"{runs[0].run.label} ({'mean of ' if several else ''}{_seed_text(done or runs)})"
+            for ax, series in ((ax_err, [r.evals for r in done]),
+                               (ax_loss, [smoothed(r.train, window) for r in done])):
+                series = [s for s in series if s]
+                if not series:
+                    continue
+                band = _mean_band(series)
+                xs, mean, lo, hi = zip(*band)
+                ax.plot(xs, mean, color=color, linewidth=1.6, marker="o" if ax is ax_err else None,
+                        markersize=3, label=label)
+                if several:
+                    ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+            for r in runs:  # unfinished runs: their own dashed line, named with their status
+                if r.finished:
+                    continue
+                kw = dict(color=color, linestyle="--", linewidth=1.0, alpha=0.8,
+                          label=f"{r.run.label} (seed {r.run.seed}, {r.status})")
+                if r.evals:
+                    ax_err.plot(*zip(*r.evals), **kw)
+                if r.train:
+                    ax_loss.plot(*zip(*smoothed(r.train, window)), **kw)
         _reference_lines(ax_err, [r for r in shown if r.run.dataset == dataset], colors)
-        ax_err.set(xlabel="epoch", ylabel="test error (%)", title=f"{dataset}: test error{title}")
-        ax_loss.set(xlabel="epoch", ylabel="training loss (logged batches)", title=f"{dataset}: training loss{title}")
+        band = " (band: min to max over seeds)" if any(len([r for r in g if r.finished]) > 1
+                                                       for g in settings.values()) else ""
+        ax_err.set(xlabel="epoch", ylabel="test error (%)", title=f"{dataset}: test error{title}{band}")
+        ax_loss.set(xlabel="epoch", ylabel=f"training loss (mean over {window:g}-epoch windows)",
+                    title=f"{dataset}: training loss{title}")
         for ax in (ax_err, ax_loss):
             ax.grid(alpha=0.3)
-        ax_err.legend(fontsize=8)
-    return _finish(fig, path)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def curves(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
+    fig = curves_figure(results, title)
+    return None if fig is None else _finish(fig, path)
 
 
 def _reference_lines(ax, results: Sequence["RunResult"], colors: dict[str, str]) -> None:
@@ -152,8 +212,20 @@ def _strip_activation(label: str) -> str:
     return label.replace(", post-act.", "").replace("pre-act. ", "")
 
 
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:
+    """The mean and the half-width of its ``level`` interval (Student's t); None for one value."""
+    from scipy import stats
+
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, None
+    return m, float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+
+
 def activation(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
-    """Bars of pre vs post per (network, data set): runs of one group are seeds of one bar."""
+    """Pre- against post-activation per (network, data set): each seed as a small dot, the mean as
+    a large one with its 95% interval (Student's t over the seeds), the difference written above;
+    the axis spans the measured errors, so that a gap of a few tenths is visible."""
     cells: dict[str, dict[str, list]] = {}
     names: dict[str, str] = {}
     papers: dict[tuple[str, str], float] = {}
@@ -174,32 +246,34 @@ def activation(results: Sequence["RunResult"], path: Path, title: str = "") -> P
     cells = {k: v for k, v in cells.items() if v["pre"] or v["post"]}
     if not cells:
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 2.6 * len(cells)), 5.8))
-    width = 0.38
-    any_paper = False
-    for j, variant in enumerate(("pre", "post")):
-        for i, (key, v) in enumerate(cells.items()):
+    fig, axes = plt.subplots(1, len(cells), figsize=(max(6, 3.2 * len(cells)), 5.4), squeeze=False)
+    for ax, (key, v) in zip(axes[0], cells.items()):
+        means = {}
+        for j, variant in enumerate(("pre", "post")):
             if not v[variant]:
                 continue
-            x = i + (j - 0.5) * width
-            m = statistics.fmean(v[variant])
-            sd = statistics.stdev(v[variant]) if len(v[variant]) > 1 else 0.0
-            ax.bar([x], [m], width, yerr=[sd], capsize=4, color=COLORS[j],
-                   label=f"{variant}-activation (measured, mean ± std)" if i == 0 or not ax.containers else None)
-            ax.annotate(f"{m:.2f}", (x, m + sd), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+            m, half = mean_interval(v[variant])
+            means[variant] = m
+            ax.plot([j] * len(v[variant]), v[variant], "o", color=COLORS[j], alpha=0.45, markersize=4,
+                    label=f"{variant}-act.: each seed (n={len(v[variant])})")
+            ax.errorbar([j + 0.12], [m], yerr=None if half is None else [half], fmt="D", color=COLORS[j],
+                        capsize=5, markersize=7, label=f"{variant}-act.: mean" + ("" if half is None else " ± 95% interval"))
+            ax.annotate(f"{m:.2f}", (j + 0.12, m), textcoords="offset points", xytext=(8, -3), fontsize=8)
             p = papers.get((key, variant))
-            if p is not None:
-                any_paper = True
-                ax.plot([x], [p], marker="_", markersize=22, markeredgewidth=2.5, color="black")
-    if any_paper:
-        ax.plot([], [], marker="_", linestyle="none", markersize=14, markeredgewidth=2.5, color="black", label="paper")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.set_xticks(range(len(cells)))
-    ax.set_xticklabels([names[k] for k in cells], fontsize=8)
-    ax.set(ylabel="final test error (%)", title=f"Pre- vs post-activation layers{title}")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
+            if p is not None and title == "":  # the paper's figure, at the full budget only
+                ax.plot([j - 0.15], [p], marker="_", markersize=16, markeredgewidth=2.5, color="black",
+                        label="paper")
+        if len(means) == 2:
+            ax.set_title(f"pre − post = {means['pre'] - means['post']:+.2f} points", fontsize=9)
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels(["pre-activation", "post-activation"], fontsize=8)
+        ax.set_xlim(-0.5, 1.6)
+        ax.margins(y=0.25)
+        ax.set_xlabel(names[key], fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("final test error (%)")
+    fig.suptitle(f"Pre- vs post-activation layers{title}", fontsize=10)
     return _finish(fig, path)
 
 

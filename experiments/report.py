@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from dnjax import logs, storage
 from dnjax.units import human
-from experiments import studies
+from experiments import studies, verdicts as verdicts_lib
 from experiments.results import FINISHED, MANIFEST, RunResult, read_manifest, runner_exits  # report.RunResult too
 from experiments.studies import REPO, Run, StudyError
 
@@ -261,11 +261,23 @@ def _status_of_group(g: Group) -> str:
     return f"{done}/{len(g.runs)} finished" + (f"; {'; '.join(others)}" if others else "")
 
 
+def what_ran(results: Sequence[RunResult], budget: str) -> str:
+    """One phrase: the settings, data sets and seeds of the runs in the report, and how many finished."""
+    settings = groups(results)
+    seeds = sorted({r.run.seed for r in results})
+    datasets = list(dict.fromkeys(r.run.dataset for r in results))
+    done = sum(r.finished for r in results)
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    return (f"{len(settings)} setting(s) on {' and '.join(datasets)}, {seed_text}: {len(results)} run(s) at budget "
+            f"{budget}, {done} finished")
+
+
 def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, root: Path | str,
              plots: Sequence[str] = ()) -> str:
     b = studies.budget(budget)
-    lines = [f"# Study `{study.name}`", "", study.description, ""]
-    lines.append(f"Budget: **{budget}** ({b.description}). Runs under `{root}`.")
+    lines = [f"# Study `{study.name}`", "", f"**What ran**: {what_ran(results, budget)}. Runs under `{root}`.", "",
+             f"The study at full length: {study.description}", ""]
+    lines.append(f"Budget **{budget}**: {b.description}.")
     if budget != "full":
         lines += ["", "These are not the paper's full-length runs: the networks, data and schedule are "
                   "reduced, so the errors are not comparable with the paper's figures, which are left out; "
@@ -300,6 +312,14 @@ def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, ro
         if stand_ins:
             row.insert(1, g.first.stands_for or "—")
         lines.append("| " + " | ".join(row) + " |")
+    found = verdicts_lib.verdicts(study, results)
+    if found:
+        lines += ["", "## Verdicts", "",
+                  "Each comparison of the study on the final test error: the difference of the means over "
+                  f"seeds and its 95% confidence interval by {verdicts_lib.METHOD} (unequal variances, "
+                  "Welch-Satterthwaite degrees of freedom); a difference whose interval excludes zero is "
+                  "larger than the seed-to-seed spread explains.", ""]
+        lines += [f"- {v.line()}" for v in found]
     lines += ["", "## Runs", "",
               "| run | status | seed | steps | epochs | final error | best error (epoch) | final train loss | params | note |",
               "|---|---|---|---|---|---|---|---|---|---|"]
