@@ -1,7 +1,7 @@
 """Gradient flow: the norm of the loss gradient that reaches each layer of a plain CNN, a ResNet and
 a DenseNet, at initialisation and after a short training.
 
-    python -m experiments.run gradient_flow --out=DIR [--data_dir=../shared/data/cifar10] [--steps=60]
+    python -m experiments.run gradient_flow --out=DIR [--data_dir=DIR] [--steps=60]
 
 (``python -m experiments.gradient_flow`` with the same options is the same command.)
 
@@ -254,8 +254,9 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="directory for the runs, gradient_flow.json/.png and report.md")
-    p.add_argument("--data_dir", default=str(studies.SAMPLE_DIR),
-                   help="directory holding train_10k.npz and test_10k.npz (the CIFAR-10 sample)")
+    p.add_argument("--data_dir", default=None,
+                   help="directory holding train_10k.npz and test_10k.npz (a CIFAR-10 sample); default: the "
+                        "cifar10-sample budget's class-balanced subset of TensorFlow Datasets' cifar10")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps before the second measurement")
     p.add_argument("--only", action="append", default=[], help="measure only this network (repeatable)")
     p.add_argument("--smoke", action="store_true", help="tiny networks on scikit-learn's digits")
@@ -276,6 +277,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         data = tuple((k, v) for k, v in studies.SMOKE_OVERRIDES if k not in dict(SHORT_RECIPE))
         data += (("batch_size", 16),)
         where = "scikit-learn digits"
+    elif a.data_dir is None:
+        data = tuple((k, v) for k, v in studies.sample_overrides(None) if k not in dict(SHORT_RECIPE))
+        where = f"a class-balanced {studies.SAMPLE_FRACTION:.0%} of tfds cifar10"
     else:
         d = Path(a.data_dir)
         missing = [f for f in ("train_10k.npz", "test_10k.npz") if not (d / f).is_file()]

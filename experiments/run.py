@@ -328,7 +328,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", default="full", choices=studies.BUDGETS)
     p.add_argument("--smoke", action="store_true", help="the same as --budget=smoke")
     p.add_argument("--data_dir", default=None,
-                   help=f"data directory of --budget=cifar10-sample (default {studies.SAMPLE_DIR}) or --budget=cifar100-cpu (default {studies.CIFAR100_DIR})")
+                   help="npz files for --budget=cifar10-sample (DIR/train_10k.npz, test_10k.npz) or --budget=cifar100-cpu "
+                        "(DIR/train_part1.npz, train_part2.npz, test.npz); default: TensorFlow Datasets' cifar10 "
+                        "(a class-balanced 20%% of its training split) and cifar100")
     p.add_argument("--only", action="append", default=[], metavar="NAME",
                    help="run only this run, or the runs matching this shell pattern, e.g. 'densenet*_c100+' (repeatable)")
     p.add_argument("--seeds", default=None, metavar="S,S,...",

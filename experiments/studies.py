@@ -8,12 +8,15 @@ belongs to it. Budgets turn a study's full-length runs into cheaper ones:
   smoke           every run on a tiny network of its family, on scikit-learn's 8x8 digits, for
                   8 steps: checks that a study runs end to end, in seconds per run
   cifar10-sample  one small member of each family (DenseNet-BC L=16, k=12 for DenseNet-BC-100;
-                  the 11-layer bottleneck ResNet for ResNet-164), 2 epochs on the 10,000-image
-                  CIFAR-10 sample in ../shared/data/cifar10, tested on 2,000 of its test images,
-                  seeds 0 and 1 where the study has several: a real result that two shared CPU
-                  cores produce in about an hour
-  cifar100-cpu    the real CIFAR-100 (all 50,000 training images, the whole 10,000-image test
-                  set every half epoch) with the paper's C100+ recipe for every network (crop +
+                  the 11-layer bottleneck ResNet for ResNet-164), 2 epochs on a 10,000-image
+                  CIFAR-10 sample, tested on 2,000 test images, seeds 0 and 1 where the study has
+                  several: a real result that two shared CPU cores produce in about an hour. The
+                  sample is a class-balanced 20% of TensorFlow Datasets' cifar10 training split
+                  (1,000 images a class, drawn with subset seed 0) and the first 2,000 of its test
+                  split; ``--data_dir=DIR`` reads DIR/train_10k.npz and DIR/test_10k.npz instead
+  cifar100-cpu    the real CIFAR-100 (TensorFlow Datasets' cifar100, or with ``--data_dir=DIR``
+                  DIR/train_part1.npz, train_part2.npz and test.npz: all 50,000 training images, the
+                  whole 10,000-image test set every half epoch) with the paper's C100+ recipe for every network (crop +
                   flip, mean/std normalisation, Nesterov SGD, batch 64, learning rate /10 at 50%
                   and 75%), shortened to 2 epochs, on networks two CPU cores train at 5 to 13
                   minutes an epoch: DenseNet-BC L=22, k=12 (78K parameters) for the DenseNet-BCs
@@ -30,8 +33,6 @@ from typing import Any, Callable, Sequence
 from dnjax import published
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO.parent / "shared" / "data" / "cifar10"
-CIFAR100_DIR = REPO.parent / "shared" / "data" / "cifar100"
 
 DENSENET_CONFIG = "configs/cifar_densenet.py"
 RESNET_CONFIG = "configs/cifar_resnet.py"
@@ -332,11 +333,25 @@ SAMPLE_TEST_IMAGES = 2000
 SAMPLE_SEEDS = (0, 1)  # used by studies with several seeds; the others have seed 0 only
 
 
-def sample_overrides(data_dir: Path | str) -> tuple[tuple[str, Any], ...]:
-    d = Path(data_dir)
+# Without --data_dir the sample is drawn from TensorFlow Datasets' cifar10: this share of every
+# class of the training split (5,000 a class: 1,000 each, 10,000 in all), with this subset seed.
+SAMPLE_FRACTION = 0.2
+SAMPLE_SUBSET_SEED = 0
+
+
+def sample_overrides(data_dir: Path | str | None) -> tuple[tuple[str, Any], ...]:
+    """The data and schedule of the cifar10-sample budget: the npz sample in ``data_dir``, or
+    without one the class-balanced subset of tfds cifar10 (SAMPLE_FRACTION, SAMPLE_SUBSET_SEED)."""
+    if data_dir is None:
+        data: tuple[tuple[str, Any], ...] = (
+            ("data.dataset", "cifar10"), ("data.train_fraction", SAMPLE_FRACTION),
+            ("data.subset_seed", SAMPLE_SUBSET_SEED))
+    else:
+        d = Path(data_dir)
+        data = (("data.dataset", "npz"), ("data.npz_train", str(d / "train_10k.npz")),
+                ("data.npz_test", str(d / "test_10k.npz")))
     return (
-        ("data.dataset", "npz"), ("data.npz_train", str(d / "train_10k.npz")),
-        ("data.npz_test", str(d / "test_10k.npz")), ("data.test_limit", SAMPLE_TEST_IMAGES),
+        *data, ("data.test_limit", SAMPLE_TEST_IMAGES),
         ("num_epochs", SAMPLE_EPOCHS), ("eval_every_epochs", 0.5), ("checkpoint_every_epochs", 1.0),
         ("log_every_steps", 20), ("progress_bar", False),
     )
@@ -358,7 +373,7 @@ def _stand_in(run: Run, table: dict[str, tuple[str, dict[str, Any], str, str]]) 
     return zoo, fields, label, stem
 
 
-def _cifar10_sample(run: Run, data_dir: Path | str, table=None, any_seed: bool = False) -> Run | None:
+def _cifar10_sample(run: Run, data_dir: Path | str | None, table=None, any_seed: bool = False) -> Run | None:
     """A small member of the run's family (from ``table``, default SAMPLE_STAND_INS) on the
     CIFAR-10 sample, with the run's recipe (C10+: augmentation, no dropout). Runs with no
     stand-in, or whose stand-in another run already covers (C100+ becomes C10+ here), are left
@@ -400,15 +415,20 @@ C100_EVAL_EVERY = 0.5
 C100_SEEDS = (0,)
 
 
-def cifar100_overrides(data_dir: Path | str) -> tuple[tuple[str, Any], ...]:
-    """The data and schedule of the cifar100-cpu budget: both training files as one split, the whole
-    test set, and the DenseNet C100+ recipe for every family (the ResNet config's batch of 128 and
-    plain momentum are set back to it, so both families take the same steps)."""
-    d = Path(data_dir)
+def cifar100_overrides(data_dir: Path | str | None) -> tuple[tuple[str, Any], ...]:
+    """The data and schedule of the cifar100-cpu budget: tfds cifar100, or both training files in
+    ``data_dir`` as one split; the whole test set, and the DenseNet C100+ recipe for every family
+    (the ResNet config's batch of 128 and plain momentum are set back to it, so both families take
+    the same steps)."""
+    if data_dir is None:
+        data: tuple[tuple[str, Any], ...] = (("data.dataset", "cifar100"),)
+    else:
+        d = Path(data_dir)
+        data = (("data.dataset", "npz"),
+                ("data.npz_train", f"{d / 'train_part1.npz'},{d / 'train_part2.npz'}"),
+                ("data.npz_test", str(d / "test.npz")))
     return (
-        ("data.dataset", "npz"),
-        ("data.npz_train", f"{d / 'train_part1.npz'},{d / 'train_part2.npz'}"),
-        ("data.npz_test", str(d / "test.npz")), ("data.num_classes", 100),
+        *data, ("data.num_classes", 100),
         ("data.normalization", "mean_std"), ("data.augment", True),
         *DENSENET_RECIPE,
         ("num_epochs", C100_EPOCHS), ("eval_every_epochs", C100_EVAL_EVERY),
@@ -416,7 +436,7 @@ def cifar100_overrides(data_dir: Path | str) -> tuple[tuple[str, Any], ...]:
     )
 
 
-def _cifar100_cpu(run: Run, data_dir: Path | str, table=None, any_seed: bool = False) -> Run | None:
+def _cifar100_cpu(run: Run, data_dir: Path | str | None, table=None, any_seed: bool = False) -> Run | None:
     """The run's family stand-in (from ``table``, default C100_STAND_INS) on the real CIFAR-100
     (C100+ runs only), with the published figure of the full-size network as its reference. Only
     the seeds C100_SEEDS are kept, every seed with ``any_seed`` (``--seeds``)."""
@@ -453,22 +473,22 @@ def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None
     if name == "smoke":
         return Budget(name, "tiny networks, 8 steps on scikit-learn's 8x8 digits", _smoke)
     if name == "cifar10-sample":
-        d = data_dir or SAMPLE_DIR
+        source = (f"a class-balanced {SAMPLE_FRACTION:.0%} of tfds cifar10's training split (subset seed "
+                  f"{SAMPLE_SUBSET_SEED})" if data_dir is None else f"the CIFAR-10 sample in {data_dir}")
         return Budget(
             name,
-            f"one small member of each family, {SAMPLE_EPOCHS:g} epochs on the 10,000-image CIFAR-10 sample "
-            f"(JPEG-recompressed) with the C10+ recipe whatever the study's data set, tested on "
-            f"{SAMPLE_TEST_IMAGES} of its test images, seeds {', '.join(map(str, SAMPLE_SEEDS))} where the "
-            "study has several",
-            lambda r: _cifar10_sample(r, d, table, any_seed),
+            f"one small member of each family, {SAMPLE_EPOCHS:g} epochs on 10,000 CIFAR-10 images ({source}) "
+            f"with the C10+ recipe whatever the study's data set, tested on {SAMPLE_TEST_IMAGES} test "
+            f"images, seeds {', '.join(map(str, SAMPLE_SEEDS))} where the study has several",
+            lambda r: _cifar10_sample(r, data_dir, table, any_seed),
         )
     if name == "cifar100-cpu":
-        d = data_dir or CIFAR100_DIR
+        source = "tfds cifar100" if data_dir is None else f"the npz files in {data_dir}"
         return Budget(
             name,
-            f"small networks of equal size, {C100_EPOCHS:g} epochs on the real CIFAR-100 with the C100+ recipe, "
-            f"the whole test set every {C100_EVAL_EVERY:g} epoch, seed 0",
-            lambda r: _cifar100_cpu(r, d, table, any_seed),
+            f"small networks of equal size, {C100_EPOCHS:g} epochs on the real CIFAR-100 ({source}) with the "
+            f"C100+ recipe, the whole test set every {C100_EVAL_EVERY:g} epoch, seed 0",
+            lambda r: _cifar100_cpu(r, data_dir, table, any_seed),
         )
     raise ValueError(f"budget {name!r} is unknown; valid budgets are {', '.join(BUDGETS)}")
 
@@ -581,16 +601,20 @@ def _finish_data_efficiency(run: Run, budget_name: str, any_seed: bool = False) 
     """The subset (fraction, seed), the DenseNet recipe where the budget sets none, the equal step
     count, and evaluations and checkpoints every ``1 / fraction`` times the budget's interval in
     epochs (about the same steps as the whole-set run). The smoke budget draws its subsets from
-    all of the digits' training part, so that the smallest still fills a batch."""
+    all of the digits' training part, so that the smallest still fills a batch. Where the budget
+    itself draws a share of the training split (the cifar10-sample budget on tfds cifar10), the
+    subset is that share of it, drawn with the run's seed."""
     if (not any_seed and run.seed not in DATA_SEEDS[budget_name]) or run.train_fraction is None:
         return None
     f = run.train_fraction
     given = dict(run.overrides)
+    base = given.get("data.train_fraction", 1.0)
     kept = tuple((k, v) for k, v in run.overrides
-                 if k not in ("data.train_limit", "num_epochs", "eval_every_epochs", "checkpoint_every_epochs"))
+                 if k not in ("data.train_limit", "num_epochs", "eval_every_epochs", "checkpoint_every_epochs",
+                              "data.train_fraction", "data.subset_seed"))
     recipe = tuple((k, v) for k, v in DENSENET_RECIPE if k not in given)
     extra = (
-        ("data.train_fraction", f), ("data.subset_seed", run.seed),
+        ("data.train_fraction", round(base * f, 10)), ("data.subset_seed", run.seed),
         ("num_train_steps", data_efficiency_steps(budget_name)),
         ("eval_every_epochs", given.get("eval_every_epochs", 1.0) / f),
         ("checkpoint_every_epochs", given.get("checkpoint_every_epochs", 1.0) / f),

@@ -198,6 +198,20 @@ def test_budgets_shrink_every_run(capsys, tmp_path):
     c = report.config_of_run(sample[3])
     assert (c.model.depth, c.model.activation, c.data.npz_train, c.num_epochs, c.seed) == (
         16, "post", "/data/train_10k.npz", 2.0, 1)
+    # Without --data_dir: a class-balanced 20% of tfds cifar10 (subset seed 0), 2,000 test images;
+    # the data-efficiency study's subsets are shares of that sample, drawn with each run's seed.
+    for r in studies.study_runs("pre_vs_post_activation", "cifar10-sample"):
+        c = report.config_of_run(r)
+        config_lib.validate(c)
+        assert (c.data.dataset, c.data.train_fraction, c.data.subset_seed, c.data.test_limit) == (
+            "cifar10", 0.2, 0, 2000)
+        assert c.data.npz_train is None and "shared" not in " ".join(r.args("w"))
+    for r in studies.study_runs("data_efficiency", "cifar10-sample", seeds=(3,)):
+        c = report.config_of_run(r)
+        assert c.data.train_fraction == pytest.approx(0.2 * r.train_fraction) and c.data.subset_seed == 3
+    for r in studies.study_runs("resnet_vs_densenet", "cifar100-cpu"):
+        c = report.config_of_run(r)
+        assert (c.data.dataset, c.data.num_classes, c.data.train_fraction) == ("cifar100", 100, None)
     # C100+ has no sample of its own: its runs collapse onto the C10+ ones instead of repeating them.
     assert len(studies.study_runs("resnet_vs_densenet", "cifar10-sample")) == 2
     lines = print_lines(capsys, "pre_vs_post_activation", f"--root={tmp_path}", "--smoke", "--print",
