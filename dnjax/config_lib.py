@@ -97,6 +97,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     npz_label = d.get("npz_label")  # None: the array 'label'
     if d.dataset == "npz" and npz_label is not None and (not isinstance(npz_label, str) or not npz_label):
         _fail("data.npz_label", npz_label, "it must name an array of the npz files, e.g. 'label'")
+    if d.dataset not in ("npz", "digits") and d.get("data_dir") and storage.is_remote(d.data_dir):
+        from dnjax.data.tfds import remote_data_dir_message
+
+        raise ConfigError(remote_data_dir_message(d.data_dir))
     _integer("data.pad", d.pad, low=0)
     _integer("data.workers", d.workers, low=0)
     _integer("data.image_size", d.image_size, low=1)

@@ -3,11 +3,12 @@
 The README is the front page: short, and opening with the two set-up commands that CI itself
 runs. Every page's relative links resolve, and every command a page shows names a module that
 exists, a config file that loads with its argument and config fields that exist, so a reader can
-paste any of them. Nothing here imports a heavy module or builds a network.
+paste any of them, and passes the tool's own checks. Nothing here trains or initialises a network.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.metadata
 import importlib.util
@@ -267,6 +268,66 @@ def test_every_documented_command_loads_its_config_and_overrides_only_existing_f
     assert skipped <= 10, skipped
 
 
+def _built(config, overrides: list[str]):
+    """The config of ``--config.FIELD=VALUE`` overrides as the command line builds it: a field of
+    the config file parsed to its type, a field of the chosen network typed by the network."""
+    from dnjax import config_lib
+
+    config = copy.deepcopy(config)  # the loaded file's config is shared (cached); keeps field types
+    network = []
+    for arg in overrides:
+        path, _, text = arg[len("--config."):].partition("=")
+        *parents, leaf = path.split(".")
+        node = config
+        for p in parents:
+            node = node[p] if p in node else None
+            if node is None:
+                break
+        if node is None or leaf not in node:
+            network.append((path, text))  # a field of the chosen network, typed by it
+            continue
+        kind = node.get_type(leaf)
+        node[leaf] = config_lib._parse_text(text, kind) if kind is not str else text
+    return config_lib.apply_overrides(config, network)
+
+
+def test_every_documented_training_command_passes_the_tools_own_checks():
+    """Not only the names: each dnjax.main command's config, with its overrides, passes the checks
+    the tool makes before training (config_lib.validate), so a documented command the tool would
+    refuse (a tfds data_dir in a bucket, a value out of range) fails here. Placeholder values
+    (BUCKET, DIR, ...) stand for real paths and are checked where their form matters (gs://)."""
+    from dnjax import config_lib
+
+    checked = 0
+    for page, module, args in _commands():
+        if module != "dnjax.main":
+            continue
+        specs = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+        if not specs or PLACEHOLDER.fullmatch(specs[-1].partition(":")[0]) or \
+                PLACEHOLDER.fullmatch(specs[-1].partition(":")[2] or "x"):
+            continue
+        given = [a for a in args if a.startswith("--config.") and "=" in a
+                 and not any(PLACEHOLDER.fullmatch(p) for p in a[len("--config."):].split("=")[0].split("."))
+                 and not a.startswith("--config.init_from=")]  # an existing workdir: not on this machine
+        where = f"{page}: python -m dnjax.main {' '.join(args)}"
+        try:
+            config_lib.validate(_built(_config(specs[-1]), given))
+        except (config_lib.ConfigError, ValueError, TypeError, KeyError) as e:
+            raise AssertionError(f"{where}: the tool refuses it: {e}") from None
+        checked += 1
+    assert checked >= 20, checked
+
+
+def test_the_docs_check_refuses_a_command_the_tool_refuses():
+    """The check above is able to fail: a tfds data_dir in a bucket, as the tool refuses it."""
+    from dnjax import config_lib
+
+    config = _built(_config("configs/cifar_densenet.py:densenet_bc100_k12,c100+"),
+                    ["--config.data.data_dir=gs://BUCKET/tensorflow_datasets"])
+    with pytest.raises(config_lib.ConfigError, match="array_record"):
+        config_lib.validate(config)
+
+
 def test_every_documented_study_and_analysis_command_parses_with_the_runner(monkeypatch, capsys):
     """A study the runner accepts with the options shown, or an analysis (``python -m
     experiments.run ANALYSIS ...`` or its module's own ``python -m experiments.ANALYSIS ...``)
@@ -301,6 +362,38 @@ def test_every_documented_study_and_analysis_command_parses_with_the_runner(monk
         assert parsed.study in studies.STUDIES, f"{page}: {parsed.study!r} is not a study"
         checked += 1
     assert checked >= 12 and reports >= 6 and analyses >= 5 and listed >= 1, (checked, reports, analyses, listed)
+
+
+def test_every_documented_study_command_gives_runs_the_tool_accepts(monkeypatch):
+    """Each documented study command as the runner would run it: its runs (budget, --only patterns,
+    --seeds) exist, and every run's config, with the command's --set values, passes dnjax's checks."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from dnjax import config_lib
+    from experiments import run, studies
+
+    checked = runs_checked = 0
+    for page, module, args in _commands():
+        if module != "experiments.run" or not args or args[0] in run.ANALYSES or args[0].startswith("-") \
+                or PLACEHOLDER.fullmatch(args[0]) or "--list" in args:
+            continue
+        where = f"{page}: python -m experiments.run {' '.join(args)}"
+        a = run.parse_args(args)
+        try:
+            seeds = studies.parse_seeds(a.seeds) if a.seeds else None
+            selected = studies.study_runs(a.study, "smoke" if a.smoke else a.budget, a.data_dir, a.only, seeds)
+        except studies.StudyError as e:
+            raise AssertionError(f"{where}: the runner refuses it: {e}") from None
+        sets = [f"--config.{kv}" for kv in a.set if not PLACEHOLDER.fullmatch(kv.split("=")[0])]
+        for r in selected:
+            argv = r.args("w")
+            spec = argv[0].split("=", 1)[1]
+            try:
+                config_lib.validate(_built(_config(spec), [*argv[2:], *sets]))
+            except (config_lib.ConfigError, ValueError, TypeError, KeyError) as e:
+                raise AssertionError(f"{where}: run {r.name} would be refused: {e}") from None
+            runs_checked += 1
+        checked += 1
+    assert checked >= 12 and runs_checked >= 100, (checked, runs_checked)
 
 
 def test_the_command_extraction_reads_continuations_comments_and_nested_commands():

@@ -46,19 +46,22 @@ def _prepare_instructions(name: str, root: str) -> str:
     return "\n".join(lines)
 
 
+def remote_data_dir_message(path: str) -> str:
+    """Why a tfds data_dir in a bucket is refused, and what to do instead."""
+    # tfds finds the data set through etils.epath, but array_record's reader (C++) opens local
+    # files only: on a bucket it never returns.
+    return (f"data.data_dir={path}: tfds data sources read array_record files, whose reader opens local "
+            f"files only. Copy the prepared data set to each host's disk (gcloud storage cp -r {path} "
+            "/data/tfds) and set data.data_dir to that directory; npz files (data.npz_train/npz_test) "
+            "can stay in the bucket.")
+
+
 def _check_data_dir(data_dir) -> None:
     if data_dir is None:
         return
     path = os.fspath(data_dir)
     if storage.is_remote(path):
-        # tfds finds the data set through etils.epath, but array_record's reader (C++) opens local
-        # files only: on a bucket it never returns.
-        raise DataError(
-            f"data.data_dir={path}: tfds data sources read array_record files, whose reader opens local "
-            f"files only. Copy the prepared data set to each host's disk (gcloud storage cp -r {path} "
-            "/data/tfds) and set data.data_dir to that directory; npz files (data.npz_train/npz_test) "
-            "can stay in the bucket."
-        )
+        raise DataError(remote_data_dir_message(path))
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise DataError(
