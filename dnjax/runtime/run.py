@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import jax
 
-from dnjax import logs, storage
+from dnjax import logs, provenance, storage
 from dnjax.runtime import checkpoints as ckpt_lib, resume
 from dnjax.runtime.preemption import SigtermFlag
 from dnjax.runtime.workdir import LEASE_SECONDS, WorkdirError, check_writable, lock_for, write_error
@@ -117,7 +117,7 @@ class Run:
         self._log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None, enabled=self.is_main)
         if resumed:
             log.info("Resumed from %s at step %d", self.workdir / "checkpoints", start)
-            self._log.write("event", start, event="resumed")
+            self._log.write("event", start, event="resumed", provenance=provenance.collect())
             if changes:
                 self._log.write("event", start, event="config_changed",
                                 changes={k: list(v) for k, v in changes.items()})
@@ -127,7 +127,7 @@ class Run:
                 params=int(sum(x.size for x in jax.tree.leaves(state.params))),
                 steps_per_epoch=sched.steps_per_epoch, total_steps=sched.total_steps,
                 devices=jax.device_count(), processes=jax.process_count(),
-                **(initial[3] if initial is not None else {}),
+                **(initial[3] if initial is not None else {}), provenance=provenance.collect(),
             )
         self.state, self.start = state, start
 
