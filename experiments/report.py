@@ -273,8 +273,8 @@ def what_ran(results: Sequence[RunResult], budget: str) -> str:
 
 
 def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, root: Path | str,
-             plots: Sequence[str] = ()) -> str:
-    b = studies.budget(budget)
+             plots: Sequence[str] = (), npz_data: bool = False) -> str:
+    b = studies.budget(budget, npz_data and "--data_dir")
     lines = [f"# Study `{study.name}`", "", f"**What ran**: {what_ran(results, budget)}. Runs under `{root}`.", "",
              f"The study at full length: {study.description}", ""]
     lines.append(f"Budget **{budget}**: {b.description}.")
@@ -337,6 +337,22 @@ def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, ro
     return "\n".join(lines)
 
 
+def _npz_data(root, results: Sequence[RunResult]) -> bool:
+    """Whether the study's runs read npz files (--data_dir): its study.json says so, or (older roots)
+    the config.json of its first run that has one."""
+    manifest = read_manifest(root) or {}
+    if "data" in manifest:
+        return manifest["data"] == "npz"
+    for r in results:
+        path = storage.path(root) / r.run.name / "config.json"
+        if path.exists():
+            try:
+                return json.loads(path.read_text())["data"]["dataset"] == "npz"
+            except (OSError, ValueError, KeyError, TypeError):
+                return False
+    return False
+
+
 def write_report(study_name: str, root: Path, out: Path | None = None, budget: str | None = None,
                  data_dir=None, with_plots: bool = True) -> tuple[Path, list[Path], list[RunResult]]:
     from experiments import plots as plots_lib
@@ -350,7 +366,7 @@ def write_report(study_name: str, root: Path, out: Path | None = None, budget: s
     if with_plots:
         written = plots_lib.study_plots(study, results, out, title_suffix=f" ({budget})" if budget != "full" else "")
     path = out / "report.md"
-    path.write_text(markdown(study, results, budget, root, written))
+    path.write_text(markdown(study, results, budget, root, written, data_dir is not None or _npz_data(root, results)))
     if upload:
         remote = storage.path(root)
         for f in [*written, path]:

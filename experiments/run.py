@@ -174,13 +174,14 @@ def _trained_model(workdir) -> str | None:
         return None
 
 
-def write_manifest(root, study: str, budget: str, seeds: Sequence[int] | None) -> None:
-    """``root/study.json``: the study, budget, seeds and every run (of every host). Every host of a
-    study writes the same content, each in one piece."""
+def write_manifest(root, study: str, budget: str, seeds: Sequence[int] | None, data_dir=None) -> None:
+    """``root/study.json``: the study, budget, seeds, data (tfds, or npz files given with --data_dir)
+    and every run (of every host). Every host of a study writes the same content, in one piece."""
     root = storage.path(root)
     root.mkdir(parents=True, exist_ok=True)
     all_runs = studies.study_runs(study, budget, seeds=seeds)
-    body = {"study": study, "budget": budget, "runs": [r.name for r in all_runs]}
+    body = {"study": study, "budget": budget, "runs": [r.name for r in all_runs],
+            "data": "tfds" if data_dir is None else "npz"}
     if seeds is not None:
         body["seeds"] = list(seeds)
     storage.write_whole(root / MANIFEST, json.dumps(body, indent=2) + "\n")
@@ -253,7 +254,7 @@ def _log_dir(root: str, study: str) -> Path:
 
 def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, extra: Sequence[str] = (), *,
               parallel: int | None = 1, per_run: int | None = None, host: tuple[int, int] = (0, 1),
-              seeds: Sequence[int] | None = None, out=None, live: bool | None = None) -> int:
+              seeds: Sequence[int] | None = None, data_dir=None, out=None, live: bool | None = None) -> int:
     """Runs this host's share of ``runs`` (every ``host[1]``-th from the ``host[0]``-th), packed
     onto its devices by :class:`experiments.executor.Executor`; see the module's docstring."""
     out = out or sys.stdout
@@ -261,7 +262,7 @@ def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, ex
     placement = hosts.detect()
     slots, why = hosts.plan(placement, parallel, per_run)
     manifest_seeds = check_root(root, study, budget, seeds)
-    write_manifest(root, study, budget, manifest_seeds)
+    write_manifest(root, study, budget, manifest_seeds, data_dir)
     index, count = host
     mine = hosts.host_share(runs, index, count)
     where = f"host {index} of {count} takes {len(mine)} of them" if count > 1 else "all on this host"
@@ -383,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             i, h, _ = hosts.host_index()
             host = (i, h)
         return run_study(a.study, a.root, runs, budget, extra, parallel=parallel, per_run=a.devices_per_run,
-                         host=host, seeds=seeds)
+                         host=host, seeds=seeds, data_dir=a.data_dir)
     except (StudyError, hosts.PlacementError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

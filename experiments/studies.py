@@ -474,7 +474,7 @@ def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None
         return Budget(name, "tiny networks, 8 steps on scikit-learn's 8x8 digits", _smoke)
     if name == "cifar10-sample":
         source = (f"a class-balanced {SAMPLE_FRACTION:.0%} of tfds cifar10's training split (subset seed "
-                  f"{SAMPLE_SUBSET_SEED})" if data_dir is None else f"the CIFAR-10 sample in {data_dir}")
+                  f"{SAMPLE_SUBSET_SEED})" if data_dir is None else "the npz sample given with --data_dir")
         return Budget(
             name,
             f"one small member of each family, {SAMPLE_EPOCHS:g} epochs on 10,000 CIFAR-10 images ({source}) "
@@ -483,7 +483,7 @@ def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None
             lambda r: _cifar10_sample(r, data_dir, table, any_seed),
         )
     if name == "cifar100-cpu":
-        source = "tfds cifar100" if data_dir is None else f"the npz files in {data_dir}"
+        source = "tfds cifar100" if data_dir is None else "npz files given with --data_dir"
         return Budget(
             name,
             f"small networks of equal size, {C100_EPOCHS:g} epochs on the real CIFAR-100 ({source}) with the "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import statistics
 from typing import Sequence
 
@@ -115,6 +116,11 @@ def _activation_pairs(results: Sequence[RunResult]) -> list[Verdict]:
     return out
 
 
+def _network(label: str) -> str:
+    """A run's label without the subset it trained on ("..., 10% of the training set")."""
+    return re.sub(r", [\d.]+% of the training set$", "", label)
+
+
 def _family_pairs(results: Sequence[RunResult]) -> list[Verdict]:
     settings = [rs for rs in _settings(results).values() if _errors(rs)]
 
@@ -133,8 +139,8 @@ def _family_pairs(results: Sequence[RunResult]) -> list[Verdict]:
         rn = min(rivals, key=lambda rs: abs(math.log(params(rs) / params(dn))))
         ratio = params(rn) / params(dn)
         share = "" if run.train_fraction is None else f", {run.train_fraction:.0%} of the training set"
-        out.append(Verdict(f"DenseNet vs ResNet, {run.dataset}{share}", run.label.split(", ")[0],
-                           rn[0].run.label.split(", ")[0], _errors(dn), _errors(rn),
+        out.append(Verdict(f"DenseNet vs ResNet, {run.dataset}{share}", _network(run.label),
+                           _network(rn[0].run.label), _errors(dn), _errors(rn),
                            note=f"; the ResNet has {ratio:.2f}x the parameters"))
     return out
 
