@@ -78,6 +78,7 @@ def main() -> int:
             shutil.rmtree(cache, ignore_errors=True)
         cmd.append(f"--set=compilation_cache_dir={cache}")
         print(f"== {mode}: {' '.join(cmd)}", flush=True)
+        load_before = os.getloadavg()[0]  # other work on the machine shows here
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
         wall = time.time() - t0
@@ -91,7 +92,7 @@ def main() -> int:
         result["modes"][mode] = {
             "command": " ".join(cmd[1:]).replace(str(a.data_dir), "DIR").replace(str(a.work), "WORK"),
             "wall_s": round(wall, 1), "images_per_s": round(images / wall, 1), "run_seconds": runs,
-            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "load_1min_before": round(load_before, 2),
             "test_error": {r: next(x["test_error"] for x in logs.records(root / r, "final")) for r in runs},
         }
         print(f"{mode}: {wall:.1f} s, {images / wall:.1f} img/s", flush=True)
