@@ -12,6 +12,7 @@ post-activation), each shortened to ``--steps`` training steps (its evaluation o
   sequential        --parallel=1: one run after another, each on every core (the default)
   sequential_1core  --parallel=1 --devices_per_run=1: one after another, each on one core
   parallel2         --parallel=2: two at once, each on a core of its own
+  parallel2_shared  --parallel=2 --devices_per_run=2: two at once, both on both cores (2 threads each)
 
 Each mode trains in a fresh root under ``--work``. The JSON holds every mode's wall time and
 aggregate training throughput (images trained / wall time), each run's own time, and, for every
@@ -40,6 +41,7 @@ MODES = {
     "sequential": ["--parallel=1"],
     "sequential_1core": ["--parallel=1", "--devices_per_run=1"],
     "parallel2": ["--parallel=2"],
+    "parallel2_shared": ["--parallel=2", "--devices_per_run=2"],
 }
 BATCH = 64
 

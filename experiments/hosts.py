@@ -171,11 +171,20 @@ def plan(host: Host, parallel: int | None, per_run: int | None = None) -> tuple[
         why = f"--parallel={parallel}"
     if per_run is None:
         per_run = max(1, n_dev // parallel)
-    if per_run * parallel > n_dev:
+    shared = per_run * parallel > n_dev and host.platform == "cpu" and per_run <= n_dev
+    if per_run * parallel > n_dev and not shared:
         raise PlacementError(
             f"{parallel} run(s) at once of {per_run} {host.unit}(s) each need {per_run * parallel} "
             f"{host.unit}s; this host has {n_dev} ({host.found}); lower --parallel or --devices_per_run"
         )
+    if shared:  # CPU cores shared by runs with as many threads as a run alone on per_run cores
+        slots = []
+        for i in range(parallel):
+            share = tuple(host.devices[(i * per_run + j) % n_dev] for j in range(per_run))
+            env, cpus = pin_env(host.platform, share, i) if per_run < n_dev else ({}, None)
+            slots.append(Slot(i, share, env, cpus, f"CPU cores {','.join(map(str, share))} (shared)"))
+        return slots, (why + f": {parallel} run(s) at once sharing this host's {n_dev} CPU cores, each with "
+                       f"{per_run} thread(s) ({host.found}); a run's numbers are those of a run alone on {per_run} core(s)")
     if parallel == 1 and per_run == n_dev and host.platform != "tpu":
         slots = [Slot(0, host.devices, {}, None, "the whole host")]  # as a run started by hand has it
         # (A TPU VM of a pod slice is pinned even whole: unpinned, libtpu waits for the other VMs.)

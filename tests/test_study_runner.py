@@ -78,6 +78,9 @@ def test_two_cpu_cores_bind_one_run_to_each_with_one_thread():
     assert alone.cpus == (0,) and alone.env["OMP_NUM_THREADS"] == "1"
     (whole,), _ = hosts.plan(cpu, 1)
     assert whole.cpus is None and whole.env == {}
+    shared, why = hosts.plan(cpu, 2, 2)  # a CPU's cores may be shared: each run as if alone
+    assert [(s.cpus, s.env) for s in shared] == [(None, {}), (None, {})] and "sharing" in why
+    assert [s.cpus for s in hosts.plan(hosts.Host("cpu", (0, 1, 2), "test"), 2, 2)[0]] == [(0, 1), (2, 0)]
 
 
 def test_tpu_chips_are_found_from_accel_devices_or_googles_pci_devices(tmp_path, monkeypatch):
