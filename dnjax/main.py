@@ -8,6 +8,7 @@ each other through ``jax.distributed``. A rerun with the same workdir resumes fr
 checkpoint.
 
 Exit status: 0 finished (or halted by ``halt_after_steps``), 143 preempted by SIGTERM after saving,
+130 stopped by Ctrl-C (after saving; a second Ctrl-C aborts at once without saving),
 2 a bad config or data set or a non-finite loss, 3 a workdir that cannot be used (another run holds
 it, it is not writable or became full, its checkpoints are unusable or of another model, or it
 holds a run with a config this one would change; see ``--accept_config_changes``), 4 a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 
 from absl import app, flags
@@ -99,6 +101,7 @@ def main(argv):
     from dnjax.data import DataError
     from dnjax.runtime import PREEMPTED_EXIT_CODE
     from dnjax.runtime.checkpoints import CheckpointError
+    from dnjax.runtime.preemption import INTERRUPTED_EXIT_CODE
     from dnjax.runtime.workdir import WorkdirError
 
     try:
@@ -106,6 +109,10 @@ def main(argv):
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C before the training loop took over the signal (reading data, compiling, restoring).
+        _exit_now(INTERRUPTED_EXIT_CODE, "Interrupted (Ctrl-C) before training began; nothing was "
+                  "saved beyond the checkpoints already in the workdir. Rerun the same command to resume.")
     except (CheckpointError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         # Exit without the interpreter's shutdown: orbax's reads of a damaged checkpoint, or its
@@ -117,6 +124,7 @@ def main(argv):
         import jax
 
         if jax.process_count() == 1:
+            _arm_shutdown_deadline(1)
             raise
         # Most likely a collective failed because another process died. Exiting normally would
         # wait in jax.distributed's shutdown barrier for the dead process.
@@ -133,6 +141,8 @@ def main(argv):
         os._exit(LOST_PROCESS_EXIT_CODE)
     if result.status == "preempted":
         return PREEMPTED_EXIT_CODE
+    if result.status == "interrupted":
+        return INTERRUPTED_EXIT_CODE
     if result.status == "halted":
         return 0
     m = result.metrics
@@ -144,10 +154,35 @@ def main(argv):
     return 0
 
 
+# How long the interpreter's shutdown may take once the run has its exit status. It joins every
+# thread the libraries started; one still waiting on a store that failed (orbax's signalling
+# threads, a retry loop) must not keep the process, and on a pod the slice, alive.
+SHUTDOWN_SECONDS = 10
+
+
+def _arm_shutdown_deadline(code: int) -> None:
+    timer = threading.Timer(SHUTDOWN_SECONDS, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now(code: int, message: str) -> None:
+    """One line, then exit without the interpreter's shutdown (threads left waiting on a failed
+    store or a cut-short save would report themselves after it, or never end)."""
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    os._exit(code)
+
+
+def _exit(code: int) -> None:
+    _arm_shutdown_deadline(code)
+    sys.exit(code)
+
+
 def run():
     from dnjax import config_lib
 
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)
+    app.run(lambda argv: _exit(main(argv)), flags_parser=config_lib.parse_flags)
 
 
 if __name__ == "__main__":

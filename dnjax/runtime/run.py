@@ -22,7 +22,7 @@ import jax
 
 from dnjax import logs, storage
 from dnjax.runtime import checkpoints as ckpt_lib, resume
-from dnjax.runtime.preemption import SigtermFlag
+from dnjax.runtime.preemption import StopSignals
 from dnjax.runtime.workdir import LEASE_SECONDS, WorkdirError, check_writable, lock_for, write_error
 
 log = logging.getLogger("dnjax")
@@ -30,7 +30,7 @@ log = logging.getLogger("dnjax")
 
 @dataclasses.dataclass
 class RunResult:
-    status: str  # finished | preempted | halted
+    status: str  # finished | preempted | interrupted | halted
     step: int
     metrics: dict[str, float]
     state: Any = None  # the final train state (None for a finished run left untouched)
@@ -65,7 +65,7 @@ class Run:
         self._written = False
         self._ckpts: ckpt_lib.Checkpoints | None = None
         self._log: logs.MetricsLog | None = None
-        self._sigterm = SigtermFlag()
+        self._signals = StopSignals()
         self._locked = False
         self.finished: RunResult | None = None
         self.state = None
@@ -87,7 +87,7 @@ class Run:
         except BaseException as e:
             self._close(e)
             raise
-        self._sigterm.__enter__()
+        self._signals.__enter__()
         return self
 
     def _open(self) -> None:
@@ -158,9 +158,11 @@ class Run:
             self._ckpts.save_best(step, state, meta, test_error)
 
     def stop_reason(self, step: int) -> str | None:
-        """'preempted' (SIGTERM, or a TPU pod's preemption notice), 'halted'
-        (``config.halt_after_steps``) or None: keep training."""
-        if self._sigterm.set or self._ckpts.reached_preemption(step):
+        """'preempted' (SIGTERM, or a TPU pod's preemption notice), 'interrupted' (Ctrl-C),
+        'halted' (``config.halt_after_steps``) or None: keep training."""
+        if self._signals.received is not None:
+            return self._signals.received
+        if self._ckpts.reached_preemption(step):
             return "preempted"
         if step == self.setup.config.halt_after_steps and step < self.setup.sched.total_steps:
             return "halted"
@@ -173,7 +175,8 @@ class Run:
             self.save(step, state, epoch)
         self._ckpts.wait()
         self._log.write("event", step, event=why)
-        what = "Halted (halt_after_steps)" if why == "halted" else "Preempted (SIGTERM)"
+        what = {"halted": "Halted (halt_after_steps)", "interrupted": "Interrupted (Ctrl-C)"}.get(
+            why, "Preempted (SIGTERM)")
         log.warning("%s at step %d: checkpoint saved to %s; rerun the same command to resume.",
                     what, step, self.workdir / "checkpoints")
         return RunResult(why, step, metrics, state)
@@ -185,8 +188,10 @@ class Run:
     # ---- shutdown
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._sigterm.__exit__(exc_type, exc, tb)
-        self._close(exc)
+        try:
+            self._close(exc)  # a second Ctrl-C while the last save is awaited still aborts at once
+        finally:
+            self._signals.__exit__(exc_type, exc, tb)
 
     def _close(self, exc: BaseException | None) -> None:
         failed = _storage_failure(exc)
