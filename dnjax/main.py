@@ -56,8 +56,16 @@ _LEASE = flags.DEFINE_float(
     "without a chance to release it holds the workdir this long (on another host; on the same "
     "host a rerun takes it over at once).",
 )
+_STORAGE_TIMEOUT = flags.DEFINE_float(
+    "storage_timeout_seconds", 90.0,
+    "A storage operation of the run (a checkpoint save or its background commit, an upload of the "
+    "logs, the restore at start, the lock's renewal) that has not ended this long after it began "
+    "stops the run with status 3, as one that fails does; raise it for checkpoints that take "
+    "longer to write.",
+)
 flags.register_validator("heartbeat_timeout_seconds", lambda v: v >= 1, "must be at least 1 second")
 flags.register_validator("lock_lease_seconds", lambda v: v >= 4, "must be at least 4 seconds")
+flags.register_validator("storage_timeout_seconds", lambda v: v >= 1, "must be at least 1 second")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Exit status of a process whose multi-process run lost another process.
@@ -105,7 +113,8 @@ def main(argv):
     from dnjax.runtime.workdir import WorkdirError
 
     try:
-        result = train.train_and_evaluate(config_lib.flag_config(_CONFIG), _WORKDIR.value, _ACCEPT.value, _LEASE.value)
+        result = train.train_and_evaluate(config_lib.flag_config(_CONFIG), _WORKDIR.value, _ACCEPT.value,
+                                          _LEASE.value, _STORAGE_TIMEOUT.value)
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -104,6 +104,10 @@ class Proxy:
         """The server is gone: new connections are refused, open ones reset."""
         s, self._listener = self._listener, None
         if s is not None:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept(), which close alone would not
+            except OSError:
+                pass
             s.close()
         with self._lock:
             conns, self._conns = list(self._conns), set()
@@ -220,8 +224,10 @@ def _send_status(conn: socket.socket, code: int) -> None:
 
 
 def _reset(conn: socket.socket) -> None:
+    """Closes with a TCP reset; also wakes a thread of this proxy blocked reading from it."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.shutdown(socket.SHUT_RD)
     except OSError:
         pass
     try:
