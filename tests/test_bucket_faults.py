@@ -231,3 +231,37 @@ def test_a_second_ctrl_c_while_the_bucket_holds_the_save_up_aborts_at_once(fault
     _finish_and_compare(faults, uri, reference, cache=cache, tmp_path=tmp_path, resumed_from=before[-1])
     assert not [n for n in gcs.objects("ctrl_c") if n.endswith("/lock")]
     assert storage.path(uri).exists()
+
+
+def test_when_one_process_cannot_write_every_process_stops(faults, gcs, cache, tmp_path):
+    """Two processes share a gs:// workdir; from the second checkpoint on, every write of process
+    1's part of the checkpoints is refused. Both processes stop within the bound, one of them with
+    the one-line error and status 3."""
+    uri = gcs.uri("one_process")
+    port = runs.free_port()
+    procs = [subprocess.Popen(
+        _cmd(uri, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+             "--heartbeat_timeout_seconds=10", cache=cache),
+        cwd=tmp_path, env=runs.env(1, **faults.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    try:
+        _wait_committed(uri, 3, procs[0])
+        refused = faults.add(Fault("status", r"one_process/checkpoints/(?!3/)\d+/.*process_1", None, times=None))
+        began = time.monotonic()
+        errs = [p.communicate(timeout=BOUND + 60)[1] for p in procs]
+        took = time.monotonic() - began
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert refused.applied > 0
+    assert took < BOUND, took
+    # The first process to meet the fault's deadline (process 1, or process 0, whose commit waits
+    # for process 1's part) stops with the one line; the other is stopped with it: by its own
+    # deadline (3), a failed collective (4), or jax.distributed, which aborts a process whose
+    # coordinator (process 0) is gone (SIGABRT).
+    codes = [p.returncode for p in procs]
+    assert 3 in codes and set(codes) <= {3, 4, -signal.SIGABRT}, (codes, [e[-2000:] for e in errs])
+    _one_line_error(errs[codes.index(3)], uri)
+    faults.clear()
+    assert checkpoints.committed_steps(uri)[-1] >= 3

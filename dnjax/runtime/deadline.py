@@ -65,13 +65,15 @@ class StorageDeadline:
     @contextlib.contextmanager
     def op(self, what: str, timeout: float | None = None):
         """``with deadline.op("uploading gs://b/run/metrics.jsonl"):`` the block must end within
-        the timeout. On an object store, an error raised in it becomes a
+        the timeout. On an object store, a client's error raised in it becomes a
         :class:`~dnjax.storage.StorageError` naming ``what``."""
         key = self._add(what, timeout, None, None)
         try:
             yield
         except Exception as e:
-            if self.remote and not isinstance(e, storage.StorageError):
+            # dnjax's own errors (a workdir in use, a damaged checkpoint, a refused config) say
+            # what they mean already; a client's error becomes one that names the operation.
+            if self.remote and not type(e).__module__.startswith("dnjax"):
                 raise storage.StorageError(f"{what} failed: {storage.one_line(e)}") from e
             raise
         finally:
