@@ -357,7 +357,7 @@ class LeaseLock:
         except (gexc.NotFound, gexc.PreconditionFailed):
             pass
         except Exception as e:  # noqa: BLE001 - the lease then expires by itself
-            (log.info if quick else log.warning)("Could not remove the lock %s (%s); it expires in %.0f s",
+            (log.debug if quick else log.warning)("Could not remove the lock %s (%s); it expires in %.0f s",
                                                  self.uri, storage.one_line(e), self.lease)
 
     def __enter__(self) -> LeaseLock:
