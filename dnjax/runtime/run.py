@@ -14,6 +14,7 @@ The loop itself (``dnjax.train``) knows nothing of locks, files or signals.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any, Sequence
@@ -114,7 +115,10 @@ class Run:
             if cfg.init_from and not started:
                 initial = resume.initial_weights(setup)
             self._ckpts = ckpt_lib.Checkpoints(self.workdir, keep=cfg.keep_checkpoints, training=True)
-        with self._deadline.op(f"restoring the newest checkpoint of {self.workdir / 'checkpoints'}"):
+        # (A fresh start compiles the initialisation, which can take longer than any store.)
+        restoring = (self._deadline.op(f"restoring the newest checkpoint of {self.workdir / 'checkpoints'}")
+                     if started else contextlib.nullcontext())
+        with restoring:
             state, resumed = resume.restore_or_init(setup, self._ckpts, initial)
         start = int(jax.device_get(state.step))
         self._committed = start if resumed else None
