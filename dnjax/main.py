@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import traceback
 
 from absl import app, flags
@@ -133,7 +132,9 @@ def main(argv):
         import jax
 
         if jax.process_count() == 1:
-            _arm_shutdown_deadline(1)
+            from dnjax.runtime.deadline import arm_shutdown_deadline
+
+            arm_shutdown_deadline(1)
             raise
         # Most likely a collective failed because another process died. Exiting normally would
         # wait in jax.distributed's shutdown barrier for the dead process.
@@ -163,18 +164,6 @@ def main(argv):
     return 0
 
 
-# How long the interpreter's shutdown may take once the run has its exit status. It joins every
-# thread the libraries started; one still waiting on a store that failed (orbax's signalling
-# threads, a retry loop) must not keep the process, and on a pod the slice, alive.
-SHUTDOWN_SECONDS = 10
-
-
-def _arm_shutdown_deadline(code: int) -> None:
-    timer = threading.Timer(SHUTDOWN_SECONDS, os._exit, args=(code,))
-    timer.daemon = True
-    timer.start()
-
-
 def _exit_now(code: int, message: str) -> None:
     """One line, then exit without the interpreter's shutdown (threads left waiting on a failed
     store or a cut-short save would report themselves after it, or never end)."""
@@ -184,7 +173,9 @@ def _exit_now(code: int, message: str) -> None:
 
 
 def _exit(code: int) -> None:
-    _arm_shutdown_deadline(code)
+    from dnjax.runtime.deadline import arm_shutdown_deadline
+
+    arm_shutdown_deadline(code)
     sys.exit(code)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -104,7 +105,7 @@ def _one_line_error(err: str, uri: str) -> str:
     errors = [ln for ln in lines if ln.startswith("error:") or ln[:1] == "E"]
     assert errors == [lines[-1]], err[-4000:]
     assert lines[-1].startswith("error: ") and uri in lines[-1], lines[-1]
-    assert "rerun the same command to resume" in lines[-1]
+    assert "rerun the same command" in lines[-1]
     return lines[-1]
 
 
@@ -190,6 +191,12 @@ def test_a_persistent_fault_stops_the_run_in_one_line_within_the_bound(faults, g
         assert "checkpoints" in line, line
     if fault == "upload_stalls":
         assert f"did not complete within {TIMEOUT} s" in line and "logs" in line, line
+    if fault == "server_gone":  # evaluate, too, stops within the bound
+        began = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "dnjax.evaluate", f"--workdir={uri}", *FAST[:1]], cwd=tmp_path,
+                           env=runs.env(1, **faults.env), capture_output=True, text=True, timeout=BOUND + 60)
+        assert r.returncode == 3 and time.monotonic() - began < BOUND, (r.returncode, r.stderr[-3000:])
+        assert "Nothing was written" in _one_line_error(r.stderr, uri)
     faults.clear()
     faults.up()
     intact = checkpoints.committed_steps(uri)

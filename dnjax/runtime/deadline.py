@@ -41,6 +41,8 @@ log = logging.getLogger("dnjax")
 
 STORAGE_TIMEOUT_SECONDS = 90.0
 RELEASE_SECONDS = 10.0
+# How long the interpreter's shutdown may take once a command has its exit status.
+SHUTDOWN_SECONDS = 10.0
 # Exit status of a run stopped because its workdir's store failed (as for a full disk).
 STORAGE_EXIT_CODE = 3
 
@@ -51,6 +53,7 @@ class StorageDeadline:
         self.timeout = float(timeout)
         self.remote = storage.is_remote(workdir)
         self.intact: Callable[[], str] = lambda: "The checkpoints committed before are intact"
+        self.then = "rerun the same command to resume"  # what to do once the store answers
         self.on_failure: Callable[[], None] | None = None  # releases the lock, within RELEASE_SECONDS
         self._ops: dict[int, tuple[str, float, float, Callable[[], bool] | None,
                                    Callable[[], BaseException | None] | None]] = {}
@@ -66,7 +69,7 @@ class StorageDeadline:
     def op(self, what: str, timeout: float | None = None):
         """``with deadline.op("uploading gs://b/run/metrics.jsonl"):`` the block must end within
         the timeout. On an object store, a client's error raised in it becomes a
-        :class:`~dnjax.storage.StorageError` naming ``what``."""
+        :class:`~dnjax.storage.StorageFailure` naming ``what``."""
         key = self._add(what, timeout, None, None)
         try:
             yield
@@ -74,7 +77,7 @@ class StorageDeadline:
             # dnjax's own errors (a workdir in use, a damaged checkpoint, a refused config) say
             # what they mean already; a client's error becomes one that names the operation.
             if self.remote and not type(e).__module__.startswith("dnjax"):
-                raise storage.StorageError(f"{what} failed: {storage.one_line(e)}") from e
+                raise storage.StorageFailure(f"{what} failed: {storage.one_line(e)}") from e
             raise
         finally:
             self._remove(key)
@@ -143,7 +146,7 @@ class StorageDeadline:
         except Exception:  # noqa: BLE001
             kept = "The checkpoints committed before are intact"
         message = (f"error: Storage failure on --workdir={self.workdir}: {why}. {kept}; once the store "
-                   "answers again, rerun the same command to resume.")
+                   f"answers again, {self.then}.")
         log.debug("Stopping: %s", message)
         try:
             sys.stdout.flush()
@@ -162,3 +165,14 @@ class StorageDeadline:
             fn()
         except Exception as e:  # noqa: BLE001 - the lease then expires by itself
             log.debug("While stopping, releasing the lock failed: %s", storage.one_line(e))
+
+
+def arm_shutdown_deadline(code: int, seconds: float = SHUTDOWN_SECONDS) -> None:
+    """Ends the process with ``code`` if the interpreter's shutdown has not within ``seconds``.
+
+    Shutdown joins every thread the libraries started; one still waiting on a store that failed
+    (orbax's signalling threads, a client's retry loop) must not keep the process, and on a pod
+    the slice, alive."""
+    timer = threading.Timer(seconds, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
