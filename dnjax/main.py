@@ -10,7 +10,8 @@ checkpoint.
 Exit status: 0 finished (or halted by ``halt_after_steps``), 143 preempted by SIGTERM after saving,
 130 stopped by Ctrl-C (after saving; a second Ctrl-C aborts at once without saving),
 2 a bad config or data set or a non-finite loss, 3 a workdir that cannot be used (another run holds
-it, it is not writable or became full, its checkpoints are unusable or of another model, or it
+it, it is not writable or became full, its store failed or did not answer within
+``--storage_timeout_seconds``, its checkpoints are unusable or of another model, or it
 holds a run with a config this one would change; see ``--accept_config_changes``), 4 a
 multi-process run lost a process. When one process of a multi-process run dies, the others stop with status 4 as soon as
 a collective fails, or are stopped by ``jax.distributed`` once the dead one has missed heartbeats
