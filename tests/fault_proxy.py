@@ -26,7 +26,6 @@ import re
 import socket
 import struct
 import threading
-import time
 import urllib.parse
 
 import runs
@@ -71,6 +70,7 @@ class Proxy:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
+        self._closed = threading.Event()  # wakes the stalls
         self.up()
 
     # ---- control
@@ -115,6 +115,7 @@ class Proxy:
             _reset(c)
 
     def close(self) -> None:
+        self._closed.set()
         self.down()
 
     # ---- the proxy
@@ -152,7 +153,7 @@ class Proxy:
                     _reset(conn)
                     return
                 if fault is not None and fault.kind == "stall":
-                    time.sleep(fault.seconds)
+                    self._closed.wait(fault.seconds)
                     if not fault.forward:
                         _reset(conn)
                         return
