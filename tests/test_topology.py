@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 TOTAL = 12
 COMMON = (f"--config.num_train_steps={TOTAL}", "--config.log_every_steps=1", "--config.model.dropout_rate=0.2",
-          "--config.checkpoint_every_epochs=0.0337")
+          "--config.checkpoint_every_epochs=0.0449")
 
 
 def _losses(workdir) -> dict[int, float]:
@@ -54,33 +54,15 @@ def on_four(tmp_path_factory, cache):
     return workdir
 
 
-def test_halted_on_four_devices_resumed_on_two_and_evaluated_on_one(tmp_path, cache, on_four):
-    workdir = tmp_path / "w"
-    r = runs.run_main(workdir, *COMMON, "--config.halt_after_steps=6", devices=4, cache=cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = runs.run_main(workdir, *COMMON, devices=2, cache=cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert [e["step"] for e in logs.records(workdir, "event") if e["event"] == "resumed"] == [6]
-    _assert_same_trajectory(on_four, workdir)
-
-    # The 4-device run's last checkpoint, evaluated on one device, gives its final record.
-    r = subprocess.run([sys.executable, "-m", "dnjax.evaluate", f"--workdir={on_four}", "--json"],
-                       cwd=runs.REPO, env=runs.env(1), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads(r.stdout.strip().splitlines()[-1])
-    (final,) = list(logs.records(on_four, "final"))
-    assert m["step"] == TOTAL
-    assert m["test_loss"] == pytest.approx(final["test_loss"], rel=1e-5)
-    assert abs(m["test_error"] - final["test_error"]) < 1e-6  # the same images counted wrong
-
-
-def test_saved_by_two_processes_resumed_by_one(tmp_path, cache, on_four):
-    """Two processes (one device each) halt at step 6; one process on 4 devices finishes the run:
-    the same trajectory as the run that stayed on 4 devices in one process."""
+def test_saved_by_two_processes_resumed_on_four_devices_then_on_two_and_evaluated_on_one(tmp_path, cache, on_four):
+    """Two processes (one device each) halt at step 4; one process on 4 devices goes on to step 8;
+    one on 2 devices finishes. Every launch follows the trajectory of the run that stayed on 4
+    devices in one process. That run's last checkpoint, evaluated on one device, gives its final
+    record."""
     workdir = tmp_path / "w"
     port = runs.free_port()
     procs = [subprocess.Popen(
-        runs.main_cmd(workdir, *COMMON, "--config.halt_after_steps=6", f"--coordinator_address=127.0.0.1:{port}",
+        runs.main_cmd(workdir, *COMMON, "--config.halt_after_steps=4", f"--coordinator_address=127.0.0.1:{port}",
                       "--num_processes=2", f"--process_id={i}", cache=cache),
         cwd=runs.REPO, env=runs.env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
@@ -89,7 +71,17 @@ def test_saved_by_two_processes_resumed_by_one(tmp_path, cache, on_four):
         assert p.returncode == 0, err[-3000:]
     started = next(logs.records(workdir, "event"))
     assert started["processes"] == 2 and started["devices"] == 2
-    r = runs.run_main(workdir, *COMMON, devices=4, cache=cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert [e["step"] for e in logs.records(workdir, "event") if e["event"] == "resumed"] == [6]
+    for devices, extra in ((4, ("--config.halt_after_steps=8",)), (2, ())):
+        r = runs.run_main(workdir, *COMMON, *extra, devices=devices, cache=cache)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert [e["step"] for e in logs.records(workdir, "event") if e["event"] == "resumed"] == [4, 8]
     _assert_same_trajectory(on_four, workdir)
+
+    r = subprocess.run([sys.executable, "-m", "dnjax.evaluate", f"--workdir={on_four}", "--json"],
+                       cwd=runs.REPO, env=runs.env(1), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    (final,) = list(logs.records(on_four, "final"))
+    assert m["step"] == TOTAL
+    assert m["test_loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+    assert abs(m["test_error"] - final["test_error"]) < 1e-6  # the same images counted wrong
