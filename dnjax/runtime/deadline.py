@@ -103,9 +103,12 @@ class StorageDeadline:
             self._ops.pop(key, None)
 
     def close(self) -> None:
-        self._stop.set()
         with self._lock:
+            self._stop.set()
             self._ops.clear()
+            failing = self._failed
+        if failing:  # the watcher is ending the process with its line: no second one from here
+            time.sleep(RELEASE_SECONDS + 5)
 
     # ---- the watcher
 
@@ -138,7 +141,7 @@ class StorageDeadline:
     def fail(self, why: str) -> None:
         """Ends the process: one line, the lock released if the store allows it, status 3."""
         with self._lock:
-            if self._failed:
+            if self._failed or self._stop.is_set():  # failing already, or the run has stopped by itself
                 return
             self._failed = True
         try:
