@@ -167,10 +167,12 @@ def quiet_libraries(verbose: bool = False, progress: bool = False) -> None:
     for name in ("gcsfs", "google.auth"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
-        from dnjax.runtime.workdir import StorageErrorEcho
+        from dnjax.runtime.workdir import StorageErrorEcho, quiet_thread_failures
+
+        quiet_thread_failures()
 
         echo = StorageErrorEcho()
-        for name in ("absl", "asyncio"):
+        for name in ("absl", "asyncio", "gcsfs"):
             logger = logging.getLogger(name)
             if not any(isinstance(f, StorageErrorEcho) for f in logger.filters):
                 logger.addFilter(echo)

@@ -8,8 +8,10 @@ each other through ``jax.distributed``. A rerun with the same workdir resumes fr
 checkpoint.
 
 Exit status: 0 finished (or halted by ``halt_after_steps``), 143 preempted by SIGTERM after saving,
+130 stopped by Ctrl-C (after saving; a second Ctrl-C aborts at once without saving),
 2 a bad config or data set or a non-finite loss, 3 a workdir that cannot be used (another run holds
-it, it is not writable or became full, its checkpoints are unusable or of another model, or it
+it, it is not writable or became full, its store failed or did not answer within
+``--storage_timeout_seconds``, its checkpoints are unusable or of another model, or it
 holds a run with a config this one would change; see ``--accept_config_changes``), 4 a
 multi-process run lost a process. When one process of a multi-process run dies, the others stop with status 4 as soon as
 a collective fails, or are stopped by ``jax.distributed`` once the dead one has missed heartbeats
@@ -54,8 +56,16 @@ _LEASE = flags.DEFINE_float(
     "without a chance to release it holds the workdir this long (on another host; on the same "
     "host a rerun takes it over at once).",
 )
+_STORAGE_TIMEOUT = flags.DEFINE_float(
+    "storage_timeout_seconds", 90.0,
+    "A storage operation of the run (a checkpoint save or its background commit, an upload of the "
+    "logs, the restore at start, the lock's renewal) that has not ended this long after it began "
+    "stops the run with status 3, as one that fails does; raise it for checkpoints that take "
+    "longer to write.",
+)
 flags.register_validator("heartbeat_timeout_seconds", lambda v: v >= 1, "must be at least 1 second")
 flags.register_validator("lock_lease_seconds", lambda v: v >= 4, "must be at least 4 seconds")
+flags.register_validator("storage_timeout_seconds", lambda v: v >= 1, "must be at least 1 second")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Exit status of a process whose multi-process run lost another process.
@@ -99,13 +109,19 @@ def main(argv):
     from dnjax.data import DataError
     from dnjax.runtime import PREEMPTED_EXIT_CODE
     from dnjax.runtime.checkpoints import CheckpointError
+    from dnjax.runtime.preemption import INTERRUPTED_EXIT_CODE
     from dnjax.runtime.workdir import WorkdirError
 
     try:
-        result = train.train_and_evaluate(config_lib.flag_config(_CONFIG), _WORKDIR.value, _ACCEPT.value, _LEASE.value)
+        result = train.train_and_evaluate(config_lib.flag_config(_CONFIG), _WORKDIR.value, _ACCEPT.value,
+                                          _LEASE.value, _STORAGE_TIMEOUT.value)
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C before the training loop took over the signal (reading data, compiling, restoring).
+        _exit_now(INTERRUPTED_EXIT_CODE, "Interrupted (Ctrl-C) before training began; nothing was "
+                  "saved beyond the checkpoints already in the workdir. Rerun the same command to resume.")
     except (CheckpointError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         # Exit without the interpreter's shutdown: orbax's reads of a damaged checkpoint, or its
@@ -117,6 +133,9 @@ def main(argv):
         import jax
 
         if jax.process_count() == 1:
+            from dnjax.runtime.deadline import arm_shutdown_deadline
+
+            arm_shutdown_deadline(1)
             raise
         # Most likely a collective failed because another process died. Exiting normally would
         # wait in jax.distributed's shutdown barrier for the dead process.
@@ -133,6 +152,8 @@ def main(argv):
         os._exit(LOST_PROCESS_EXIT_CODE)
     if result.status == "preempted":
         return PREEMPTED_EXIT_CODE
+    if result.status == "interrupted":
+        return INTERRUPTED_EXIT_CODE
     if result.status == "halted":
         return 0
     m = result.metrics
@@ -144,10 +165,25 @@ def main(argv):
     return 0
 
 
+def _exit_now(code: int, message: str) -> None:
+    """One line, then exit without the interpreter's shutdown (threads left waiting on a failed
+    store or a cut-short save would report themselves after it, or never end)."""
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    os._exit(code)
+
+
+def _exit(code: int) -> None:
+    from dnjax.runtime.deadline import arm_shutdown_deadline
+
+    arm_shutdown_deadline(code)
+    sys.exit(code)
+
+
 def run():
     from dnjax import config_lib
 
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)
+    app.run(lambda argv: _exit(main(argv)), flags_parser=config_lib.parse_flags)
 
 
 if __name__ == "__main__":

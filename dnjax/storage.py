@@ -61,6 +61,10 @@ class StorageError(RuntimeError):
     it failed. The message names the path and the fix."""
 
 
+class StorageFailure(StorageError):
+    """The store failed while an operation used it (refused, unreachable, out of its retries)."""
+
+
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 

@@ -34,6 +34,7 @@ from dnjax import config_lib, profiling, sharding
 from dnjax.data import sources
 from dnjax.data.choices import STREAMED_DATASETS
 from dnjax.runtime import Run, RunResult, check_workdir, checkpoints as ckpt_lib, compilation
+from dnjax.runtime.deadline import STORAGE_TIMEOUT_SECONDS
 from dnjax.runtime.workdir import LEASE_SECONDS
 
 log = logging.getLogger("dnjax")
@@ -309,12 +310,13 @@ def compile_steps(ctx: StepContext, source: sources.DataSource):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        accept_config_changes: Sequence[str] = (),
-                       lock_lease_seconds: float = LEASE_SECONDS) -> RunResult:
+                       lock_lease_seconds: float = LEASE_SECONDS,
+                       storage_timeout_seconds: float = STORAGE_TIMEOUT_SECONDS) -> RunResult:
     """Trains ``config`` into ``workdir`` and evaluates it, resuming from the workdir's newest
     checkpoint by itself (see :class:`dnjax.runtime.Run` for what happens around the loop)."""
     check_workdir(workdir)  # a bucket that cannot be used stops the run before the data is read
     setup = Setup(config)
-    with Run(setup, workdir, accept_config_changes, lock_lease_seconds) as run:
+    with Run(setup, workdir, accept_config_changes, lock_lease_seconds, storage_timeout_seconds) as run:
         if run.finished is not None:
             return run.finished
         return _train(setup, run)

@@ -107,9 +107,10 @@ def without_times(rec):
     return {k: v for k, v in rec.items() if k not in ("time", "img_per_s")}
 
 
-def assert_same_run(reference, workdir) -> None:
+def assert_same_run(reference, workdir, total: int = STEPS) -> None:
     """Final state (parameters, BatchNorm statistics, optimizer state, step), best checkpoint and
-    logged metrics bitwise equal to the reference run's (either may be a gs:// workdir)."""
+    logged metrics of a ``total``-step run bitwise equal to the reference run's (either may be a
+    gs:// workdir)."""
     for which in ("checkpoints", "best"):
         assert steps(workdir, which)[-1] == steps(reference, which)[-1], which
         a = flat(load_state(reference, which=which))
@@ -120,7 +121,7 @@ def assert_same_run(reference, workdir) -> None:
     recs, torn = logs.read_jsonl(storage.path(workdir) / logs.METRICS_FILE)
     assert not torn
     train_steps = [r["step"] for r in recs if r["type"] == "train"]
-    assert train_steps == list(range(1, STEPS + 1)), "each step logged exactly once, in order"
+    assert train_steps == list(range(1, total + 1)), "each step logged exactly once, in order"
     for kind in ("train", "eval", "final"):
         want = [without_times(r) for r in logs.records(reference, kind)]
         got = [without_times(r) for r in recs if r["type"] == kind]

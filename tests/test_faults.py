@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dnjax import logs, train
 from dnjax.runtime import PREEMPTED_EXIT_CODE, checkpoints
+from dnjax.runtime.preemption import INTERRUPTED_EXIT_CODE
 
 import runs
 
@@ -178,6 +179,42 @@ def test_killed_at_random_points_resumes_bitwise(tmp_path, cache, uninterrupted)
     assert preempted[0] in resumed
     phases = {p for _, _, ps in kills for p in ps}
     assert {"startup (restore, compile)", "training step", "evaluation", "checkpoint write"} <= phases, kills
+    assert_same_run(uninterrupted, workdir)
+
+
+def _train_steps(workdir: Path) -> list[int]:
+    recs, _ = logs.read_jsonl(workdir / logs.METRICS_FILE)
+    return [r["step"] for r in recs if r["type"] == "train"]
+
+
+def test_ctrl_c_saves_and_exits_130_and_the_rerun_resumes_bitwise(tmp_path, cache, uninterrupted):
+    """Ctrl-C (SIGINT) stops the run as SIGTERM does: the step finishes, a checkpoint of it is
+    saved, one line, status 130, no traceback. The same command then resumes from that step, and
+    the run ends bitwise equal to the uninterrupted one. (A second Ctrl-C, which aborts without
+    waiting for the save, is tested in test_bucket_faults.py, where a stalled upload holds the save
+    open for it.)"""
+    workdir = tmp_path / "w"
+    proc = _start(workdir, *LONG, cache=cache)
+    try:
+        _wait_for(lambda: (_train_steps(workdir) or [0])[-1] >= 10, what="step 10")
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    took = time.monotonic() - sent
+    assert proc.returncode == INTERRUPTED_EXIT_CODE, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    stop = [e for e in logs.records(workdir, "event") if e["event"] == "interrupted"][-1]["step"]
+    last = err.strip().splitlines()[-1]
+    assert f"Interrupted (Ctrl-C) at step {stop}: checkpoint saved" in last, last
+    assert "rerun the same command to resume" in last
+    assert stop >= 10 and _committed_steps(workdir)[-1] == stop
+    assert took < 60, took
+    r = runs.run_main(workdir, *LONG, cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [e["step"] for e in logs.records(workdir, "event") if e["event"] == "resumed"] == [stop]
     assert_same_run(uninterrupted, workdir)
 
 

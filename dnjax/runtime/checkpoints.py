@@ -404,6 +404,22 @@ class Checkpoints:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
 
+    def idle(self) -> bool:
+        """Whether no save is being written in the background (for a watcher thread)."""
+        return not (self.latest.is_saving_in_progress() or self.best.is_saving_in_progress())
+
+    def failure(self) -> BaseException | None:
+        """The error a background save ended with, before anyone waits for it (for a watcher
+        thread: :meth:`wait` would raise it, and orbax would log it, in the waiting thread). Orbax
+        keeps it on the save's finalize thread."""
+        for mngr in (self.latest, self.best):
+            ref = getattr(mngr, "_finalize_thread", None)
+            thread = ref.get() if ref is not None else None
+            error = getattr(thread, "exception", None)
+            if error is not None:
+                return error
+        return None
+
     def abandon(self) -> None:
         """Leaves the managers without waiting for their saves: after a storage error, when what
         is still being written can only fail and the process is about to exit. The tracebacks of

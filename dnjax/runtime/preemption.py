@@ -1,37 +1,61 @@
-"""SIGTERM as a flag the training loop polls, so that a preempted run saves between two steps.
+"""SIGTERM and Ctrl-C as a flag the training loop polls, so that a stopped run saves between two
+steps.
 
 Schedulers (SLURM, Kubernetes, preemptible VMs) send SIGTERM and wait a grace period before
-SIGKILL. The handler only sets a flag: the step in flight finishes, the loop saves a checkpoint
-and exits with :data:`PREEMPTED_EXIT_CODE`, what shells report for a process ended by SIGTERM.
-TPU pods announce preemption through ``jax.distributed`` instead; orbax's
+SIGKILL; a person at a terminal presses Ctrl-C (SIGINT). Either handler only sets a flag: the step
+in flight finishes, the loop saves a checkpoint and exits with what shells report for a process
+ended by that signal, :data:`PREEMPTED_EXIT_CODE` (143) or :data:`INTERRUPTED_EXIT_CODE` (130).
+A second Ctrl-C does not wait for the save: it prints one line and ends the process at once (the
+checkpoints committed before stay intact; the save in flight is not committed and is removed by
+the next run). TPU pods announce preemption through ``jax.distributed`` instead; orbax's
 ``reached_preemption`` reads that (:meth:`dnjax.runtime.checkpoints.Checkpoints.reached_preemption`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
 # Exit status of a run stopped by SIGTERM after saving (128 + SIGTERM).
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+# Exit status of a run stopped by Ctrl-C (128 + SIGINT), after saving or, at a second Ctrl-C, at once.
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 
-class SigtermFlag:
-    """``with SigtermFlag() as sigterm:`` ... ``if sigterm.set:`` save and stop."""
+class StopSignals:
+    """``with StopSignals() as signals:`` ... ``if signals.received:`` save and stop.
+
+    ``received`` is None, ``'preempted'`` (SIGTERM) or ``'interrupted'`` (Ctrl-C)."""
 
     def __init__(self):
-        self.set = False
-        self._previous = None
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> SigtermFlag:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: the default handler stays
-            self._previous = None
+    def __enter__(self) -> StopSignals:
+        for sig, handler in ((signal.SIGTERM, self._term), (signal.SIGINT, self._interrupt)):
+            try:
+                self._previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: the default handlers stay
+                break
         return self
 
-    def _handle(self, signum, frame) -> None:
-        self.set = True
+    def _term(self, signum, frame) -> None:
+        self.received = self.received or "preempted"
+
+    def _interrupt(self, signum, frame) -> None:
+        if self.received == "interrupted":
+            sys.stdout.flush()
+            print("Aborted (second Ctrl-C) without saving; the checkpoints committed before are intact. "
+                  "Rerun the same command to resume from the newest.", file=sys.stderr, flush=True)
+            os._exit(INTERRUPTED_EXIT_CODE)
+        self.received = "interrupted"
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            if sig == signal.SIGINT and self.received == "interrupted":
+                # The run has stopped and says so; another Ctrl-C while the process ends only
+                # ends it sooner, quietly, with the same status.
+                previous = lambda *_: os._exit(INTERRUPTED_EXIT_CODE)  # noqa: E731
+            signal.signal(sig, previous)
+        self._previous.clear()

@@ -14,6 +14,7 @@ The loop itself (``dnjax.train``) knows nothing of locks, files or signals.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any, Sequence
@@ -22,7 +23,8 @@ import jax
 
 from dnjax import logs, provenance, storage
 from dnjax.runtime import checkpoints as ckpt_lib, resume
-from dnjax.runtime.preemption import SigtermFlag
+from dnjax.runtime.deadline import STORAGE_TIMEOUT_SECONDS, StorageDeadline
+from dnjax.runtime.preemption import StopSignals
 from dnjax.runtime.workdir import LEASE_SECONDS, WorkdirError, check_writable, lock_for, write_error
 
 log = logging.getLogger("dnjax")
@@ -30,7 +32,7 @@ log = logging.getLogger("dnjax")
 
 @dataclasses.dataclass
 class RunResult:
-    status: str  # finished | preempted | halted
+    status: str  # finished | preempted | interrupted | halted
     step: int
     metrics: dict[str, float]
     state: Any = None  # the final train state (None for a finished run left untouched)
@@ -55,17 +57,25 @@ class Run:
     training continues."""
 
     def __init__(self, setup, workdir, accept_config_changes: Sequence[str] = (),
-                 lock_lease_seconds: float = LEASE_SECONDS):
+                 lock_lease_seconds: float = LEASE_SECONDS,
+                 storage_timeout_seconds: float = STORAGE_TIMEOUT_SECONDS):
         self.setup = setup
         self.workdir = storage.path(workdir)
         self.accepted = tuple(accept_config_changes)
         self.is_main = jax.process_index() == 0
+        self._deadline = StorageDeadline(self.workdir, storage_timeout_seconds)
+        self._deadline.intact = self._intact
         self._lock = lock_for(self.workdir, lock_lease_seconds) if self.is_main else None
+        if self._lock is not None:
+            self._lock.deadline = self._deadline
+            self._deadline.on_failure = lambda: self._lock.release(quick=True)
+        self._committed: int | None = None  # the newest step known to be committed
+        self._in_flight: int | None = None  # the step of the save that may still be writing
         self._created: list = []  # directories this run made, deepest first
         self._written = False
         self._ckpts: ckpt_lib.Checkpoints | None = None
         self._log: logs.MetricsLog | None = None
-        self._sigterm = SigtermFlag()
+        self._signals = StopSignals()
         self._locked = False
         self.finished: RunResult | None = None
         self.state = None
@@ -78,31 +88,40 @@ class Run:
             if not storage.is_remote(self.workdir):  # an object store has no directories to leave
                 here = storage.local(self.workdir)
                 self._created = [d for d in (here, *here.parents) if not d.exists()]
-            check_writable(self.workdir)
+            with self._deadline.op(f"writing a test file to {self.workdir}"):
+                check_writable(self.workdir)
         try:
             if self._lock is not None:
-                self._lock.__enter__()
+                with self._deadline.op(f"taking the lock {self.workdir / 'lock'}"):
+                    self._lock.__enter__()
                 self._locked = True
             self._open()
         except BaseException as e:
             self._close(e)
             raise
-        self._sigterm.__enter__()
+        self._signals.__enter__()
         return self
 
     def _open(self) -> None:
         setup, cfg, sched = self.setup, self.setup.config, self.setup.sched
         changes, final = {}, None
-        if ckpt_lib.has_checkpoints(self.workdir):
-            _, changes = resume.check_config(self.workdir, cfg, self.accepted)
-            final = resume.final_record(self.workdir, sched.total_steps)
-        # Read before anything is written: weights that do not fit stop the run untouched.
-        initial = None
-        if cfg.init_from and not ckpt_lib.has_checkpoints(self.workdir):
-            initial = resume.initial_weights(setup)
-        self._ckpts = ckpt_lib.Checkpoints(self.workdir, keep=cfg.keep_checkpoints, training=True)
-        state, resumed = resume.restore_or_init(setup, self._ckpts, initial)
+        with self._deadline.op(f"reading the run in {self.workdir}"):
+            started = ckpt_lib.has_checkpoints(self.workdir)
+            if started:
+                _, changes = resume.check_config(self.workdir, cfg, self.accepted)
+                final = resume.final_record(self.workdir, sched.total_steps)
+            # Read before anything is written: weights that do not fit stop the run untouched.
+            initial = None
+            if cfg.init_from and not started:
+                initial = resume.initial_weights(setup)
+            self._ckpts = ckpt_lib.Checkpoints(self.workdir, keep=cfg.keep_checkpoints, training=True)
+        # (A fresh start compiles the initialisation, which can take longer than any store.)
+        restoring = (self._deadline.op(f"restoring the newest checkpoint of {self.workdir / 'checkpoints'}")
+                     if started else contextlib.nullcontext())
+        with restoring:
+            state, resumed = resume.restore_or_init(setup, self._ckpts, initial)
         start = int(jax.device_get(state.step))
+        self._committed = start if resumed else None
         if resumed and final is not None and start == sched.total_steps:
             # Finished, and its last checkpoint read back intact: leave the run exactly as it is.
             # (A damaged one was skipped above: the run then trains to the end again.)
@@ -112,17 +131,19 @@ class Run:
             return
         # Written only once the workdir is known to hold this model (or nothing yet).
         if self.is_main:
-            storage.write_whole(self.workdir / "config.json", cfg.to_json_best_effort(indent=2))
+            with self._deadline.op(f"writing {self.workdir / 'config.json'}"):
+                storage.write_whole(self.workdir / "config.json", cfg.to_json_best_effort(indent=2))
         self._written = True
-        self._log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None, enabled=self.is_main)
+        with self._deadline.op(f"reading {self.workdir / logs.METRICS_FILE}"):
+            self._log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None,
+                                        enabled=self.is_main)
         if resumed:
             log.info("Resumed from %s at step %d", self.workdir / "checkpoints", start)
-            self._log.write("event", start, event="resumed", provenance=provenance.collect())
+            self.log("event", start, event="resumed", provenance=provenance.collect())
             if changes:
-                self._log.write("event", start, event="config_changed",
-                                changes={k: list(v) for k, v in changes.items()})
+                self.log("event", start, event="config_changed", changes={k: list(v) for k, v in changes.items()})
         else:
-            self._log.write(
+            self.log(
                 "event", 0, event="started", model=cfg.model.name,
                 params=int(sum(x.size for x in jax.tree.leaves(state.params))),
                 steps_per_epoch=sched.steps_per_epoch, total_steps=sched.total_steps,
@@ -140,7 +161,8 @@ class Run:
         return self._log.tensorboard_dir
 
     def log(self, kind: str, step: int, **values: Any) -> None:
-        self._log.write(kind, step, **values)
+        with self._deadline.op(f"uploading the logs to {self.workdir}"):  # at events (local: a write)
+            self._log.write(kind, step, **values)
 
     def newest_checkpoint(self) -> int | None:
         return self._ckpts.latest.latest_step()
@@ -149,18 +171,43 @@ class Run:
         """A checkpoint of ``state`` (and the best one when ``test_error`` beats it)."""
         if self._lock is not None:
             self._lock.check()  # another run took the workdir over: save nothing
-        self._log.sync()  # every committed checkpoint has its records in the workdir
+        with self._deadline.op(f"uploading the logs to {self.workdir}"):
+            self._log.sync()  # every committed checkpoint has its records in the workdir
         meta = self.setup.meta(state, epoch)
         if test_error is not None:  # lets a resumed run redo a best save that a crash cut short
             meta["test_error"] = test_error
-        self._ckpts.save(step, state, meta, force=True, items=self.setup.source.save_items())
-        if test_error is not None:
-            self._ckpts.save_best(step, state, meta, test_error)
+        where = self.workdir / "checkpoints" / str(step)
+        with self._deadline.op(f"saving the checkpoint {where}"):  # waits for the previous save first
+            self._ckpts.save(step, state, meta, force=True, items=self.setup.source.save_items())
+            self._saved()
+            if test_error is not None:
+                self._ckpts.save_best(step, state, meta, test_error)
+        self._in_flight = step
+        ckpts = self._ckpts
+        self._deadline.pending(f"writing the checkpoint {where}", failure=ckpts.failure,
+                               done=lambda: self._in_flight != step or ckpts.idle())
+
+    def _saved(self) -> None:
+        """The save in flight has completed (a newer one started only after it did, or it was awaited)."""
+        if self._in_flight is not None:
+            self._committed, self._in_flight = self._in_flight, None
+
+    def _wait(self) -> None:
+        with self._deadline.op(f"writing the checkpoint {self.workdir / 'checkpoints' / str(self._in_flight)}"):
+            self._ckpts.wait()
+        self._saved()
+
+    def _intact(self) -> str:
+        if self._committed is None:
+            return "No checkpoint of this run is known to be committed"
+        return f"The checkpoints up to step {self._committed} are intact"
 
     def stop_reason(self, step: int) -> str | None:
-        """'preempted' (SIGTERM, or a TPU pod's preemption notice), 'halted'
-        (``config.halt_after_steps``) or None: keep training."""
-        if self._sigterm.set or self._ckpts.reached_preemption(step):
+        """'preempted' (SIGTERM, or a TPU pod's preemption notice), 'interrupted' (Ctrl-C),
+        'halted' (``config.halt_after_steps``) or None: keep training."""
+        if self._signals.received is not None:
+            return self._signals.received
+        if self._ckpts.reached_preemption(step):
             return "preempted"
         if step == self.setup.config.halt_after_steps and step < self.setup.sched.total_steps:
             return "halted"
@@ -171,40 +218,53 @@ class Run:
         """Saves (unless this step was just saved), waits for the save and logs why the run stopped."""
         if not saved:
             self.save(step, state, epoch)
-        self._ckpts.wait()
-        self._log.write("event", step, event=why)
-        what = "Halted (halt_after_steps)" if why == "halted" else "Preempted (SIGTERM)"
+        self._wait()
+        self.log("event", step, event=why)
+        what = {"halted": "Halted (halt_after_steps)", "interrupted": "Interrupted (Ctrl-C)"}.get(
+            why, "Preempted (SIGTERM)")
         log.warning("%s at step %d: checkpoint saved to %s; rerun the same command to resume.",
                     what, step, self.workdir / "checkpoints")
         return RunResult(why, step, metrics, state)
 
     def finish(self, step: int, state, final: dict[str, float], epoch: float) -> RunResult:
-        self._log.write("final", step, epoch=round(epoch, 4), **final)
+        self.log("final", step, epoch=round(epoch, 4), **final)
         return RunResult("finished", step, final, state)
 
     # ---- shutdown
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._sigterm.__exit__(exc_type, exc, tb)
-        self._close(exc)
+        try:
+            self._close(exc)  # a second Ctrl-C while the last save is awaited still aborts at once
+        finally:
+            self._signals.__exit__(exc_type, exc, tb)
 
     def _close(self, exc: BaseException | None) -> None:
         failed = _storage_failure(exc)
         try:
-            if self._log is not None:
-                # After a storage error the store cannot take the rest; otherwise the first error
-                # is the one to report, so closing does not raise over it.
-                _quietly(self._log.discard if failed else self._log.close, raise_=exc is None)
-            if self._ckpts is not None:
-                if failed:
+            if not failed:
+                try:
+                    with self._deadline.op(f"finishing the run in {self.workdir} (the last checkpoint, the logs)"):
+                        # The first error is the one to report, so closing does not raise over it.
+                        if self._log is not None:
+                            _quietly(self._log.close, raise_=exc is None)
+                        if self._ckpts is not None:
+                            _quietly(self._ckpts.close, raise_=exc is None)
+                            self._saved()
+                except Exception as e:
+                    if not _storage_failure(e):
+                        raise
+                    exc, failed = e, True
+            if failed:  # the store cannot take the rest, and what is still being written can only fail
+                if self._log is not None:
+                    _quietly(self._log.discard, raise_=False)
+                if self._ckpts is not None:
                     self._ckpts.abandon()
-                else:
-                    _quietly(self._ckpts.close, raise_=exc is None)
         finally:
             self._log = self._ckpts = None
+            self._deadline.close()
             if self._locked:
                 self._locked = False
-                self._lock.__exit__(None, None, None)
+                self._lock.release(quick=failed)
             if exc is not None and not self._written:
                 for d in self._created:
                     try:
@@ -212,16 +272,20 @@ class Run:
                     except OSError:
                         break
         if failed:
-            steps = ckpt_lib.committed_steps(self.workdir)
-            kept = (f"The checkpoints up to step {steps[-1]} are intact" if steps
-                    else "No checkpoint had been committed")
-            cause = write_error(exc)
-            what = (f"{cause.strerror or cause}{f' ({cause.filename})' if cause.filename else ''}"
-                    if cause is not None else str(exc))
-            raise WorkdirError(
-                f"Cannot write to --workdir={self.workdir}: {what}. {kept}; free space (or "
-                "fix the storage) and rerun the same command to resume."
-            ) from exc
+            raise WorkdirError(self._failure_message(exc)) from exc
+
+    def _failure_message(self, exc: BaseException) -> str:
+        cause = write_error(exc)
+        what = (f"{cause.strerror or cause}{f' ({cause.filename})' if cause.filename else ''}"
+                if cause is not None else str(exc))
+        if storage.is_remote(self.workdir):  # the store may not answer a listing now
+            return (f"Cannot write to --workdir={self.workdir}: {what}. {self._intact()}; once the store "
+                    "answers again, rerun the same command to resume.")
+        steps = ckpt_lib.committed_steps(self.workdir)
+        kept = (f"The checkpoints up to step {steps[-1]} are intact" if steps
+                else "No checkpoint had been committed")
+        return (f"Cannot write to --workdir={self.workdir}: {what}. {kept}; free space (or fix the "
+                "storage) and rerun the same command to resume.")
 
 
 def _quietly(close, *, raise_: bool) -> None:

@@ -34,6 +34,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -164,7 +165,7 @@ class WorkdirLock:
         os.write(fd, (json.dumps(_holder()) + "\n").encode())
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, quick: bool = False) -> None:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
@@ -208,6 +209,7 @@ class LeaseLock:
         self._thread: threading.Thread | None = None
         self._blob = None
         self._started: str | None = None  # the holder's start time, kept through renewals
+        self.deadline = None  # the run's StorageDeadline: a renewal that fails for a lease stops the run
 
     def _new_blob(self):
         try:
@@ -299,12 +301,17 @@ class LeaseLock:
 
     def _renew(self) -> None:
         from google.api_core import exceptions as gexc
+        from google.cloud.storage.retry import DEFAULT_RETRY
 
+        # The client's own retries ride through transient faults, within a quarter of the lease:
+        # a renewal that still fails is tried again at the next one.
+        budget = self.lease / 4
+        retry = DEFAULT_RETRY.with_timeout(budget)
         last_ok = time.monotonic()
         while not self._stop.wait(self.lease / 4):
             try:
                 self._blob.upload_from_string(self._record(), content_type="application/json",
-                                              if_generation_match=self.generation)
+                                              if_generation_match=self.generation, timeout=budget, retry=retry)
                 self.generation = self._blob.generation
                 last_ok = time.monotonic()
             except (gexc.PreconditionFailed, gexc.NotFound):
@@ -315,8 +322,11 @@ class LeaseLock:
                 if time.monotonic() - last_ok > self.lease:
                     self.lost = (f"the lease on {self.uri} could not be renewed for {self.lease:.0f} s "
                                  f"({storage.one_line(e)})")
+                    if self.deadline is not None and not self._stop.is_set():
+                        self.deadline.fail(f"renewing the lease on {self.uri} failed for {self.lease:.0f} s "
+                                           f"({storage.one_line(e)})")
                     return
-                log.warning("Renewing the lease on %s failed (%s); retrying", self.uri, storage.one_line(e))
+                log.debug("Renewing the lease on %s failed (%s); retrying", self.uri, storage.one_line(e))
 
     def check(self) -> None:
         if self.lost is not None:
@@ -324,24 +334,31 @@ class LeaseLock:
                                f"{self.workdir}. The checkpoints committed before are intact; make sure only "
                                "one run uses the workdir, then rerun to resume.")
 
-    def release(self) -> None:
+    def release(self, quick: bool = False) -> None:
+        """Deletes the lock object. ``quick``: the store has been failing, so one short try (the
+        lease expires by itself otherwise)."""
         if self._blob is None:
             return
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=1 if quick else self.lease / 4)
         blob, self._blob = self._blob, None
         if self.lost is not None:
             return  # no longer ours
         from google.api_core import exceptions as gexc
+        from google.cloud.storage.retry import DEFAULT_RETRY
 
         try:
-            blob.delete(if_generation_match=self.generation)
+            if quick:
+                blob.delete(if_generation_match=self.generation, timeout=5, retry=None)
+            else:
+                blob.delete(if_generation_match=self.generation, timeout=self.lease / 4,
+                            retry=DEFAULT_RETRY.with_timeout(self.lease / 4))
         except (gexc.NotFound, gexc.PreconditionFailed):
             pass
         except Exception as e:  # noqa: BLE001 - the lease then expires by itself
-            log.warning("Could not remove the lock %s (%s); it expires in %.0f s", self.uri,
-                        storage.one_line(e), self.lease)
+            (log.debug if quick else log.warning)("Could not remove the lock %s (%s); it expires in %.0f s",
+                                                 self.uri, storage.one_line(e), self.lease)
 
     def __enter__(self) -> LeaseLock:
         self.acquire()
@@ -363,6 +380,9 @@ class NoLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        pass
+
+    def release(self, quick: bool = False) -> None:
         pass
 
     def check(self) -> None:
@@ -403,10 +423,22 @@ def _path_in(text: str) -> str | None:
     return None
 
 
+# What the storage clients and orbax log when a remote store fails: refused or reset connections,
+# 5xx and 429 answers past the retries, orbax's background commit and its signalling threads.
+REMOTE_FAILURE = re.compile(
+    r"Connect call failed|Connection refused|Connection reset|ClientConnectorError|ClientOSError|"
+    r"ServerDisconnectedError|ClientPayloadError|RetryError|ServiceUnavailable|TooManyRequests|"
+    r"InternalServerError|UNAVAILABLE|DEADLINE_EXCEEDED|out of retries|Handler Commit|"
+    r"Save Finalize thread|_SignalingThread|Event loop is closed|cannot schedule new futures|"
+    r"Max retries exceeded|HTTP status 5\d\d|HttpError")
+
+
 class StorageErrorEcho(logging.Filter):
     """For the libraries' loggers: one line for the first storage error they log, nothing for the
     tracebacks that follow it (an asynchronous save that fails logs one per array and thread); the
-    run then stops with one line saying what happened. ``--verbosity=0`` shows them all."""
+    run then stops with one line saying what happened. What they log when a remote store fails
+    is not shown at all: the run's own line names the object and the failure. ``--verbosity=0``
+    shows them all."""
 
     def __init__(self):
         super().__init__()
@@ -417,7 +449,11 @@ class StorageErrorEcho(logging.Filter):
             return True
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
-            text += f" {record.exc_info[1]}"
+            text += f" {type(record.exc_info[1]).__name__} {record.exc_info[1]}"
+        if REMOTE_FAILURE.search(text):
+            self.seen = True
+            _quiet_closed_loops()
+            return False
         if any(os.strerror(code) in text for code in WRITE_ERRNOS):
             if self.seen:
                 return False
@@ -426,6 +462,24 @@ class StorageErrorEcho(logging.Filter):
             record.msg, record.args, record.exc_info, record.exc_text = text.splitlines()[0][:300], None, None, None
             return True
         return not self.seen  # what a failed save logs after the error itself
+
+
+def quiet_thread_failures() -> None:
+    """Library threads that die of a remote store's failure (an uncaught exception in orbax's or
+    the clients' threads) are logged at debug level instead of printing a traceback: the run stops
+    with one line of its own."""
+    previous = threading.excepthook
+    if getattr(previous, "_dnjax_quiet", False):
+        return
+
+    def hook(args):
+        if args.exc_value is not None and REMOTE_FAILURE.search(f"{type(args.exc_value).__name__} {args.exc_value}"):
+            log.debug("Thread %s stopped: %s", getattr(args.thread, "name", "?"), storage.one_line(args.exc_value))
+            return
+        previous(args)
+
+    hook._dnjax_quiet = True
+    threading.excepthook = hook
 
 
 def _quiet_closed_loops() -> None:
