@@ -29,6 +29,7 @@ from typing import Callable, Sequence, TextIO
 from experiments.hosts import Slot
 
 PREEMPTED = 143
+INTERRUPTED = 130  # a run stopped by Ctrl-C of its own
 TAIL_LINES = 15
 
 
@@ -287,7 +288,7 @@ class Executor:
         if rc == 0 and p.final:
             err = "-" if p.test_error is None else f"{p.test_error:.2f}%"
             self.say(f"{r.job.name}: finished in {_duration(seconds)}, step {p.step}, test error {err}")
-        elif rc == PREEMPTED or (self.signals and rc in (0, -signal.SIGTERM, -signal.SIGKILL)):
+        elif rc in (PREEMPTED, INTERRUPTED) or (self.signals and rc in (0, -signal.SIGTERM, -signal.SIGKILL)):
             self.say(f"{r.job.name}: stopped at step {p.step} ({exit_text(rc)}); rerun to resume")
         elif rc == 0:
             self.say(f"{r.job.name}: stopped at step {p.step} before the end (halt_after_steps?)")

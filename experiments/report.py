@@ -169,10 +169,10 @@ def read_run(root: Path, run: Run, exits: dict[str, int] | None = None, sizes: b
     where = f"last logged step {result.step}" + (f", epoch {result.epoch:.2f}" if result.epoch is not None else "")
     events = [r.get("event") for r in records if r.get("type") == "event"]
     rc = exits.get(run.name)
-    if events and events[-1] in ("preempted", "halted"):
+    if events and events[-1] in ("preempted", "halted", "interrupted"):
         result.status = events[-1]
         result.note = f"{events[-1]} at step {result.step}; rerun the runner to continue{torn_note}"
-    elif rc not in (None, 0, 143):
+    elif rc not in (None, 0, 130, 143):
         result.status = "failed"
         result.note = f"exit status {rc}; {where}{torn_note}"
     else:

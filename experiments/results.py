@@ -57,7 +57,7 @@ class RunResult:
     """What the logs of one run say; error fields are None unless the run finished."""
 
     run: Run
-    status: str  # finished | missing | incomplete | failed | preempted | halted | mismatch
+    status: str  # finished | missing | incomplete | failed | preempted | interrupted | halted | mismatch
     note: str = ""
     params: int | None = None
     macs: int | None = None

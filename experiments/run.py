@@ -294,7 +294,7 @@ def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, ex
                            poll_seconds=15.0 if storage.is_remote(root) else 1.0)
     outcomes, interrupted = ex.run(jobs)
     if interrupted:
-        print(f"Interrupted: {sum(o.rc in (0, PREEMPTED) for o in outcomes)} run(s) stopped with their "
+        print(f"Interrupted: {sum(o.rc in (0, PREEMPTED, executor.INTERRUPTED) for o in outcomes)} run(s) stopped with their "
               f"checkpoints saved; rerun the same command to resume.", file=out, flush=True)
         return PREEMPTED
     problems = []
