@@ -177,27 +177,22 @@ def plan(host: Host, parallel: int | None, per_run: int | None = None) -> tuple[
             f"{parallel} run(s) at once of {per_run} {host.unit}(s) each need {per_run * parallel} "
             f"{host.unit}s; this host has {n_dev} ({host.found}); lower --parallel or --devices_per_run"
         )
+    # A share of the whole host is left as a run started by hand has it (except on a TPU VM of a pod
+    # slice, pinned even whole: unpinned, libtpu waits for the other VMs); shared CPU shares wrap.
+    whole = per_run == n_dev and host.platform != "tpu"
+    slots = []
+    for i in range(parallel):
+        share = tuple(host.devices[(i * per_run + j) % n_dev] for j in range(per_run))
+        env, cpus = ({}, None) if whole else pin_env(host.platform, share, i)
+        label = "the whole host" if whole else f"{host.unit}{'s' if per_run > 1 else ''} {','.join(map(str, share))}"
+        slots.append(Slot(i, share, env, cpus, label + (" (shared)" if shared else "")))
     if shared:  # CPU cores shared by runs with as many threads as a run alone on per_run cores
-        slots = []
-        for i in range(parallel):
-            share = tuple(host.devices[(i * per_run + j) % n_dev] for j in range(per_run))
-            env, cpus = pin_env(host.platform, share, i) if per_run < n_dev else ({}, None)
-            slots.append(Slot(i, share, env, cpus, f"CPU cores {','.join(map(str, share))} (shared)"))
-        return slots, (why + f": {parallel} run(s) at once sharing this host's {n_dev} CPU cores, each with "
-                       f"{per_run} thread(s) ({host.found}); a run's numbers are those of a run alone on {per_run} core(s)")
-    if parallel == 1 and per_run == n_dev and host.platform != "tpu":
-        slots = [Slot(0, host.devices, {}, None, "the whole host")]  # as a run started by hand has it
-        # (A TPU VM of a pod slice is pinned even whole: unpinned, libtpu waits for the other VMs.)
+        why += (f": {parallel} run(s) at once sharing this host's {n_dev} CPU cores, each with {per_run} "
+                f"thread(s) ({host.found}); a run's numbers are those of a run alone on {per_run} core(s)")
     else:
-        slots = []
-        for i in range(parallel):
-            share = host.devices[i * per_run:(i + 1) * per_run]
-            env, cpus = pin_env(host.platform, share, i)
-            label = f"{host.unit}{'s' if per_run > 1 else ''} {','.join(map(str, share))}"
-            slots.append(Slot(i, share, env, cpus, label))
-    left = n_dev - per_run * parallel
-    why += (f": {parallel} run(s) at once, each on {per_run} of this host's {n_dev} {host.unit}s "
-            f"({host.found})" + (f"; {left} left idle" if left else ""))
+        left = n_dev - per_run * parallel
+        why += (f": {parallel} run(s) at once, each on {per_run} of this host's {n_dev} {host.unit}s "
+                f"({host.found})" + (f"; {left} left idle" if left else ""))
     return slots, why
 
 

@@ -95,10 +95,6 @@ def config_of_run(run: Run):
 # Reading a run
 
 
-def _runner_exits(root) -> dict[str, int]:
-    return runner_exits(root)
-
-
 def _float(v: Any) -> float | None:
     try:
         f = float(v)
@@ -112,7 +108,7 @@ def read_run(root: Path, run: Run, exits: dict[str, int] | None = None, sizes: b
     from dnjax.config_lib import load_run_config
 
     workdir = storage.path(root) / run.name
-    exits = exits if exits is not None else _runner_exits(root)
+    exits = exits if exits is not None else runner_exits(root)
     result = RunResult(run, "missing")
     config = None
     if (workdir / "config.json").exists():
@@ -202,7 +198,7 @@ def read_study(root: Path, study: str, budget: str | None = None, data_dir=None,
     budget = budget or "full"
     seeds = manifest.get("seeds") if manifest is not None else None
     runs = studies.study_runs(study, budget, data_dir, seeds=seeds)
-    exits = _runner_exits(root)
+    exits = runner_exits(root)
     return [read_run(root, r, exits, sizes=sizes) for r in runs], budget
 
 

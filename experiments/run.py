@@ -58,7 +58,7 @@ from experiments import executor, feature_reuse, gradient_flow, hosts, studies
 from experiments.results import MANIFEST, RUNNER_LOG, is_finished, read_manifest, runner_log_name  # noqa: F401
 from experiments.studies import REPO, Run, StudyError
 
-PREEMPTED = 143
+PREEMPTED = executor.PREEMPTED  # dnjax's status for a run stopped by SIGTERM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,9 +270,10 @@ def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, ex
 
     record = RunnerLog(root, index, count)
     log_dir = _log_dir(root, study)
+    workdirs = {run.name: storage.path(workdir_of(root, run)) for run in mine}
     jobs = []
     for run in mine:
-        workdir = storage.path(workdir_of(root, run))
+        workdir = workdirs[run.name]
         if is_finished(workdir):
             print(f"{run.name}: finished already, skipped", file=out, flush=True)
             continue
@@ -301,7 +302,7 @@ def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, ex
     for o in outcomes:
         if o.rc != 0:
             problems.append(f"{o.name} ({executor.exit_text(o.rc)})")
-        elif not is_finished(storage.path(workdir_of(root, next(r for r in mine if r.name == o.name)))):
+        elif not is_finished(workdirs[o.name]):
             problems.append(f"{o.name} (stopped before the end)")
     if problems:
         print(f"{len(problems)} run(s) did not finish: {', '.join(problems)}; their logs are in {log_dir}",
