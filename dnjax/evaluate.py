@@ -88,10 +88,9 @@ def main(argv):
 
 
 def _exit(code: int) -> None:
-    from dnjax.runtime.deadline import arm_shutdown_deadline
+    from dnjax.runtime.deadline import exit_bounded
 
-    arm_shutdown_deadline(code)  # no library thread left waiting on a failed store keeps it alive
-    sys.exit(code)
+    exit_bounded(code)  # no library thread left waiting on a failed store keeps the process alive
 
 
 if __name__ == "__main__":

@@ -174,10 +174,9 @@ def _exit_now(code: int, message: str) -> None:
 
 
 def _exit(code: int) -> None:
-    from dnjax.runtime.deadline import arm_shutdown_deadline
+    from dnjax.runtime.deadline import exit_bounded
 
-    arm_shutdown_deadline(code)
-    sys.exit(code)
+    exit_bounded(code)  # no library thread left waiting on a failed store keeps the process alive
 
 
 def run():

@@ -260,7 +260,7 @@ def activation(results: Sequence["RunResult"], path: Path, title: str = "") -> P
                         capsize=5, markersize=7, label=f"{variant}-act.: mean" + ("" if half is None else " ± 95% interval"))
             ax.annotate(f"{m:.2f}", (j + 0.12, m), textcoords="offset points", xytext=(8, -3), fontsize=8)
             p = papers.get((key, variant))
-            if p is not None and title == "":  # the paper's figure, at the full budget only
+            if p is not None:  # the paper's figure (runs of the reduced budgets have none)
                 ax.plot([j - 0.15], [p], marker="_", markersize=16, markeredgewidth=2.5, color="black",
                         label="paper")
         if len(means) == 2:

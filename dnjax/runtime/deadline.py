@@ -179,3 +179,10 @@ def arm_shutdown_deadline(code: int, seconds: float = SHUTDOWN_SECONDS) -> None:
     timer = threading.Timer(seconds, os._exit, args=(code,))
     timer.daemon = True
     timer.start()
+
+
+def exit_bounded(code: int) -> None:
+    """``sys.exit(code)`` for a command line that has its exit status, with the interpreter's
+    shutdown bounded by :func:`arm_shutdown_deadline`."""
+    arm_shutdown_deadline(code)
+    sys.exit(code)
