@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 
 from dnjax import logs
+from dnjax.exits import ExitStatus, exit_bounded
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
 _WHICH = flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
@@ -72,10 +73,10 @@ def main(argv):
     except storage.StorageFailure as e:
         print(f"error: {e}. Nothing was written; once the store answers again, rerun the same command.",
               file=sys.stderr)
-        return 3
+        return ExitStatus.STORAGE
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     if _JSON.value:
         print(json.dumps(m))
     else:
@@ -84,12 +85,10 @@ def main(argv):
             f"{m['test_error']:.2f}%, top-5 error {m['test_top5_error']:.2f}%, "
             f"test loss {m['test_loss']:.4f} over {m['test_count']} images"
         )
-    return 0
+    return ExitStatus.OK
 
 
 def _exit(code: int) -> None:
-    from dnjax.runtime.deadline import exit_bounded
-
     exit_bounded(code)  # no library thread left waiting on a failed store keeps the process alive
 
 

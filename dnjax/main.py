@@ -27,6 +27,8 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
+from dnjax.exits import ExitStatus, arm_shutdown_deadline, exit_bounded, exit_now
+
 # New fields are let in for config.model, whose other fields config_lib.parse_flags checks.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py",
                                           lock_config=False, accept_new_attributes=True)
@@ -68,9 +70,6 @@ flags.register_validator("lock_lease_seconds", lambda v: v >= 4, "must be at lea
 flags.register_validator("storage_timeout_seconds", lambda v: v >= 1, "must be at least 1 second")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Exit status of a process whose multi-process run lost another process.
-LOST_PROCESS_EXIT_CODE = 4
-
 
 def _cluster_detected() -> bool:
     env = os.environ
@@ -107,9 +106,7 @@ def main(argv):
 
     from dnjax import config_lib, train
     from dnjax.data import DataError
-    from dnjax.runtime import PREEMPTED_EXIT_CODE
     from dnjax.runtime.checkpoints import CheckpointError
-    from dnjax.runtime.preemption import INTERRUPTED_EXIT_CODE
     from dnjax.runtime.workdir import WorkdirError
 
     try:
@@ -117,65 +114,47 @@ def main(argv):
                                           _LEASE.value, _STORAGE_TIMEOUT.value)
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     except KeyboardInterrupt:
         # Ctrl-C before the training loop took over the signal (reading data, compiling, restoring).
-        _exit_now(INTERRUPTED_EXIT_CODE, "Interrupted (Ctrl-C) before training began; nothing was "
-                  "saved beyond the checkpoints already in the workdir. Rerun the same command to resume.")
+        exit_now(ExitStatus.INTERRUPTED, "Interrupted (Ctrl-C) before training began; nothing was "
+                 "saved beyond the checkpoints already in the workdir. Rerun the same command to resume.")
     except (CheckpointError, WorkdirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        # Exit without the interpreter's shutdown: orbax's reads of a damaged checkpoint, or its
-        # saves to a full disk, leave tasks that would report themselves after this line.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(3)
+        # Without the interpreter's shutdown: orbax's reads of a damaged checkpoint, or its saves
+        # to a full disk, leave tasks that would report themselves after this line.
+        exit_now(ExitStatus.STORAGE, f"error: {e}")
     except Exception as e:
         import jax
 
         if jax.process_count() == 1:
-            from dnjax.runtime.deadline import arm_shutdown_deadline
-
-            arm_shutdown_deadline(1)
+            arm_shutdown_deadline(ExitStatus.FAILED)
             raise
         # Most likely a collective failed because another process died. Exiting normally would
         # wait in jax.distributed's shutdown barrier for the dead process.
         traceback.print_exc()
-        print(
+        exit_now(
+            ExitStatus.LOST_PROCESS,
             f"error: process {jax.process_index()} of {jax.process_count()} stopped: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Another process has "
             "probably died (see its log). Rerun all processes with the same command to resume "
             "from the newest checkpoint.",
-            file=sys.stderr,
         )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(LOST_PROCESS_EXIT_CODE)
     if result.status == "preempted":
-        return PREEMPTED_EXIT_CODE
+        return ExitStatus.PREEMPTED
     if result.status == "interrupted":
-        return INTERRUPTED_EXIT_CODE
+        return ExitStatus.INTERRUPTED
     if result.status == "halted":
-        return 0
+        return ExitStatus.OK
     m = result.metrics
     print(
         f"Finished {result.step} steps: test error {m['test_error']:.2f}% "
         f"(accuracy {100 - m['test_error']:.2f}%), top-5 error {m['test_top5_error']:.2f}%, "
         f"test loss {m['test_loss']:.4f}. Logs and checkpoints in {_WORKDIR.value}"
     )
-    return 0
-
-
-def _exit_now(code: int, message: str) -> None:
-    """One line, then exit without the interpreter's shutdown (threads left waiting on a failed
-    store or a cut-short save would report themselves after it, or never end)."""
-    sys.stdout.flush()
-    print(message, file=sys.stderr, flush=True)
-    os._exit(code)
+    return ExitStatus.OK
 
 
 def _exit(code: int) -> None:
-    from dnjax.runtime.deadline import exit_bounded
-
     exit_bounded(code)  # no library thread left waiting on a failed store keeps the process alive
 
 

@@ -4,7 +4,7 @@ once, each in a process of its own confined to its slot's devices (:mod:`experim
 - A run starts as soon as a slot is free, in the order given; its output goes to its log file.
 - A run that fails is reported (name, exit status, the last lines of its log) and the others go on.
 - SIGTERM or SIGINT (Ctrl-C) to the executor sends SIGTERM to every run in progress (a dnjax run
-  saves a checkpoint and exits 143) and starts nothing more; a second one kills them at once.
+  saves a checkpoint and exits ``ExitStatus.PREEMPTED``, 143) and starts nothing more; a second one kills them at once.
   The children are in sessions of their own, so that a Ctrl-C at the terminal reaches them only
   through the executor, and they are sent SIGTERM by the kernel if the executor itself dies.
 - Progress comes from each run's ``metrics.jsonl``: on a terminal a table redrawn every second (run,
@@ -26,10 +26,9 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
+from dnjax.exits import ExitStatus
 from experiments.hosts import Slot
 
-PREEMPTED = 143
-INTERRUPTED = 130  # a run stopped by Ctrl-C of its own
 TAIL_LINES = 15
 
 
@@ -288,7 +287,7 @@ class Executor:
         if rc == 0 and p.final:
             err = "-" if p.test_error is None else f"{p.test_error:.2f}%"
             self.say(f"{r.job.name}: finished in {_duration(seconds)}, step {p.step}, test error {err}")
-        elif rc in (PREEMPTED, INTERRUPTED) or (self.signals and rc in (0, -signal.SIGTERM, -signal.SIGKILL)):
+        elif rc in (ExitStatus.PREEMPTED, ExitStatus.INTERRUPTED) or (self.signals and rc in (0, -signal.SIGTERM, -signal.SIGKILL)):
             self.say(f"{r.job.name}: stopped at step {p.step} ({exit_text(rc)}); rerun to resume")
         elif rc == 0:
             self.say(f"{r.job.name}: stopped at step {p.step} before the end (halt_after_steps?)")

@@ -32,6 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dnjax.exits import ExitStatus
+
 PROG = "python -m experiments.feature_reuse"
 NORMALIZATIONS = ("column", "block", "none")
 
@@ -177,7 +179,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         blocks = block_matrices(params, a.normalize)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     out = Path(a.out) if a.out else Path(a.workdir) / "feature_reuse.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     title = f"Feature reuse, {Path(a.workdir).name} ({a.normalize} normalisation)"
@@ -186,7 +188,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         [{**b, "matrix": [[None if np.isnan(v) else round(float(v), 5) for v in row] for row in b["matrix"]]}
          for b in blocks], indent=1))
     print(f"{out}: {len(blocks)} blocks, {', '.join(str(b['layers']) for b in blocks)} layers")
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dnjax.exits import ExitStatus
 from experiments import studies
 from experiments.studies import Run
 
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     logs.quiet_libraries(verbose=a.verbosity >= 0)
     if a.steps < 1:
         print(f"error: --steps={a.steps} must be at least 1", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     nets = SMOKE_NETWORKS if a.smoke else NETWORKS
     if a.smoke:
         data = tuple((k, v) for k, v in studies.SMOKE_OVERRIDES if k not in dict(SHORT_RECIPE))
@@ -286,14 +287,14 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         if missing:
             print(f"error: --data_dir={d} does not hold {' and '.join(missing)}: give the directory of the "
                   "CIFAR-10 sample (train_10k.npz, test_10k.npz)", file=sys.stderr)
-            return 2
+            return ExitStatus.BAD_INPUT
         data = tuple((k, v) for k, v in studies.sample_overrides(d) if k not in dict(SHORT_RECIPE))
         where = f"the CIFAR-10 sample in {d}"
     unknown = [n for n in a.only if n not in [net.name for net in nets]]
     if unknown:
         print(f"error: --only={unknown} are not networks of this command; they are "
               f"{', '.join(net.name for net in nets)}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     nets = [n for n in nets if not a.only or n.name in a.only]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +310,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     plot(results, out / "gradient_flow.png", f"Gradient flow ({a.steps} training steps)")
     (out / "report.md").write_text(markdown(results, description))
     print(f"{out / 'report.md'}, {out / 'gradient_flow.png'}")
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

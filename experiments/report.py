@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dnjax import logs, storage
+from dnjax.exits import ExitStatus
 from dnjax.units import human
 from experiments import studies, verdicts as verdicts_lib
 from experiments.results import FINISHED, MANIFEST, RunResult, read_manifest, runner_exits  # report.RunResult too
@@ -168,7 +169,7 @@ def read_run(root: Path, run: Run, exits: dict[str, int] | None = None, sizes: b
     if events and events[-1] in ("preempted", "halted", "interrupted"):
         result.status = events[-1]
         result.note = f"{events[-1]} at step {result.step}; rerun the runner to continue{torn_note}"
-    elif rc not in (None, 0, 130, 143):
+    elif rc not in (None, ExitStatus.OK, ExitStatus.INTERRUPTED, ExitStatus.PREEMPTED):
         result.status = "failed"
         result.note = f"exit status {rc}; {where}{torn_note}"
     else:
@@ -391,10 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               a.data_dir, not a.no_plots)
     except (StudyError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     done = sum(r.finished for r in results)
     print(f"{path}: {done}/{len(results)} runs finished" + "".join(f"\n{w}" for w in written))
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

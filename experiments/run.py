@@ -54,11 +54,10 @@ from types import ModuleType
 from typing import Sequence
 
 from dnjax import logs, storage
+from dnjax.exits import ExitStatus
 from experiments import executor, feature_reuse, gradient_flow, hosts, studies
 from experiments.results import MANIFEST, RUNNER_LOG, is_finished, read_manifest, runner_log_name  # noqa: F401
 from experiments.studies import REPO, Run, StudyError
-
-PREEMPTED = executor.PREEMPTED  # dnjax's status for a run stopped by SIGTERM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,9 +294,9 @@ def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, ex
                            poll_seconds=15.0 if storage.is_remote(root) else 1.0)
     outcomes, interrupted = ex.run(jobs)
     if interrupted:
-        print(f"Interrupted: {sum(o.rc in (0, PREEMPTED, executor.INTERRUPTED) for o in outcomes)} run(s) stopped with their "
+        print(f"Interrupted: {sum(o.rc in (ExitStatus.OK, ExitStatus.PREEMPTED, ExitStatus.INTERRUPTED) for o in outcomes)} run(s) stopped with their "
               f"checkpoints saved; rerun the same command to resume.", file=out, flush=True)
-        return PREEMPTED
+        return ExitStatus.PREEMPTED
     problems = []
     for o in outcomes:
         if o.rc != 0:
@@ -307,11 +306,11 @@ def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, ex
     if problems:
         print(f"{len(problems)} run(s) did not finish: {', '.join(problems)}; their logs are in {log_dir}",
               file=out, flush=True)
-        return 1
+        return ExitStatus.FAILED
     host_note = f" (this host's {len(mine)})" if count > 1 else ""
     print(f"All {len(runs) if count == 1 else len(mine)} run(s){host_note} of {study} finished; report: "
           f"python -m experiments.report {study} --root={root}", file=out, flush=True)
-    return 0
+    return ExitStatus.OK
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -377,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(slurm_script(a.study, budget, runs, a.root, extra, a.data_dir, a.seeds), end="")
             else:
                 print("\n".join(shell_lines(runs, a.root, extra)))
-            return 0
+            return ExitStatus.OK
         parallel = hosts.parse_parallel(a.parallel)
         if a.host is not None:
             host = hosts.parse_host(a.host)
@@ -388,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          host=host, seeds=seeds, data_dir=a.data_dir)
     except (StudyError, hosts.PlacementError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
 
 
 if __name__ == "__main__":

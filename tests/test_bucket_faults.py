@@ -22,8 +22,8 @@ import time
 import pytest
 
 from dnjax import logs, storage
+from dnjax.exits import ExitStatus
 from dnjax.runtime import checkpoints
-from dnjax.runtime.preemption import INTERRUPTED_EXIT_CODE
 
 import fault_proxy
 import runs
@@ -232,7 +232,7 @@ def test_a_second_ctrl_c_while_the_bucket_holds_the_save_up_aborts_at_once(fault
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == INTERRUPTED_EXIT_CODE, err[-3000:]
+    assert proc.returncode == ExitStatus.INTERRUPTED, err[-3000:]
     assert took < 10, took
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("Aborted (second Ctrl-C)")
     faults.clear()

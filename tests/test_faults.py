@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dnjax import logs, train
-from dnjax.runtime import PREEMPTED_EXIT_CODE, checkpoints
-from dnjax.runtime.preemption import INTERRUPTED_EXIT_CODE
+from dnjax.exits import ExitStatus
+from dnjax.runtime import checkpoints
 
 import runs
 
@@ -150,7 +150,7 @@ def test_killed_at_random_points_resumes_bitwise(tmp_path, cache, uninterrupted)
             rc = proc.wait(timeout=120)
             took = time.time() - sent
             text = err_path.read_text()
-            assert rc == PREEMPTED_EXIT_CODE, text[-3000:]
+            assert rc == ExitStatus.PREEMPTED, text[-3000:]
             assert took < 60, took
             stop = [r for r in logs.records(workdir, "event") if r["event"] == "preempted"][-1]["step"]
             assert f"Preempted (SIGTERM) at step {stop}: checkpoint saved" in text
@@ -204,7 +204,7 @@ def test_ctrl_c_saves_and_exits_130_and_the_rerun_resumes_bitwise(tmp_path, cach
         if proc.poll() is None:
             proc.kill()
     took = time.monotonic() - sent
-    assert proc.returncode == INTERRUPTED_EXIT_CODE, err[-3000:]
+    assert proc.returncode == ExitStatus.INTERRUPTED, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     stop = [e for e in logs.records(workdir, "event") if e["event"] == "interrupted"][-1]["step"]
     last = err.strip().splitlines()[-1]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from dnjax import logs
+from dnjax.exits import ExitStatus
 from experiments import hosts, run, studies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,7 +239,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, cache):
     # model.growth_rate is a DenseNet field: the ResNet run refuses it (exit 2), the DenseNets train.
     picked = RUNS[:2] + RUNS[3:]
     proc = runner(tmp_path, cache, "--parallel=2", runs=picked, sets=("model.growth_rate=4",))
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == ExitStatus.FAILED, proc.stdout[-3000:] + proc.stderr[-3000:]
     bad = RUNS[3]
     assert f"{bad}: FAILED (exit status 2)" in proc.stdout
     report = proc.stdout.split(f"{bad}: FAILED", 1)[1]
@@ -261,10 +262,10 @@ def test_sigterm_stops_every_run_and_the_rerun_ends_identical(tmp_path, cache, o
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, out[-3000:]
+    assert proc.returncode == ExitStatus.PREEMPTED, out[-3000:]
     assert "Interrupted:" in out and "rerun the same command to resume" in out
     stopped = {e["run"]: e["rc"] for e in exits(tmp_path)}
-    assert set(stopped) == set(RUNS[:2]) and all(rc in (0, 143) for rc in stopped.values()), stopped
+    assert set(stopped) == set(RUNS[:2]) and all(rc in (ExitStatus.OK, ExitStatus.PREEMPTED) for rc in stopped.values()), stopped
     assert not any((tmp_path / n).exists() for n in RUNS[2:])  # nothing started after the signal
     assert any(r.get("event") == "preempted" for n in RUNS[:2] for r in logs.records(tmp_path / n))
 

@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from dnjax import config_lib
 from dnjax.benchmark import table
+from dnjax.exits import ExitStatus
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar_densenet.py",
                                           lock_config=False, accept_new_attributes=True)
@@ -91,7 +92,7 @@ def main(argv) -> int:
         if not options or "option" not in str(e):
             raise
         print(f"error: --variant_xla_option {options}: XLA refused it: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     print(table.format_table(rows, table.CPU_COLUMNS))
     r = ratios(rows)
     timed_against = rows[:-1] if r else []  # every JAX row against the PyTorch one
@@ -102,7 +103,7 @@ def main(argv) -> int:
         with open(_JSON.value, "w") as f:
             json.dump({"rows": [dataclasses.asdict(x) for x in rows], "ratio": r,
                        "ratios": per_row, "config": config.to_dict()}, f, indent=1, default=str)
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

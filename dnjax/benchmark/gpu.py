@@ -66,6 +66,7 @@ import numpy as np
 from dnjax import config_lib
 from dnjax.benchmark import accelerator, gpu_check, measure, table
 from dnjax.benchmark.gpu_plan import PLAN, PRIOR_EAGER_FIRST, PRIOR_STEP, TRAIN, Budget, Group, make_config
+from dnjax.exits import ExitStatus
 
 GOAL_SPEEDUP_EAGER = 1.5  # dnjax bf16 batch 256 BC-100 over PyTorch eager
 GOAL_SPEEDUP_COMPILE = 1.0  # ... over torch.compile
@@ -575,7 +576,7 @@ def main(argv=None) -> int:
         config_lib.validate(recipe)
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     if args.dry_run:
         args.steps, args.warmup = min(args.steps, 2), min(args.warmup, 1)
         args.train_seconds = min(args.train_seconds, 30.0)
@@ -584,14 +585,14 @@ def main(argv=None) -> int:
     elif jax.default_backend() != "gpu":
         print(f"error: JAX's backend is {jax.default_backend()!r}, not a GPU; run with --dry_run to "
               "rehearse on this machine", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     only = {k for k in args.only.split(",") if k}
     known = {x if isinstance(x, str) else x.key for x in PLAN}
     if only - known:
         print(f"error: --only {sorted(only - known)}: unknown; choose from {sorted(known)}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
 
     bench = Bench(args, out, recipe)
     device_line, device_record = gpu_check.device()
@@ -673,7 +674,7 @@ def main(argv=None) -> int:
     save()
     print_summary(report)
     log(f"\nwrote {json_path} ({bench.budget.elapsed():.0f} s)")
-    return 0
+    return ExitStatus.OK
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from dnjax import config_lib
 from dnjax.benchmark import measure
+from dnjax.exits import ExitStatus
 
 MODES = ("naive", "efficient")
 
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
         base = measure.recipe(args.config)
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     nets = [(d, args.growth_rate) for d in args.depths] + ([(190, 40)] if args.bc190 else [])
     timed = {(d, args.growth_rate) for d in args.time}
     rows = study(nets, args.batch, timed, args.steps, modes=args.modes,
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     plot(rows, out.with_suffix(".png"))
     print(table(rows))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from dnjax.exits import ExitStatus
+
 _FRAMEWORKS = ("torchvision",)
 _MODEL = flags.DEFINE_string("model", None, "The network the weights belong to, e.g. densenet121.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "A state dict: .pth/.pt (needs torch), .safetensors or .npz.")
@@ -78,10 +80,10 @@ def main(argv):
         out = convert(_MODEL.value, _WEIGHTS.value, _OUT.value, config)
     except (ConversionError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     print(f"Wrote {out}: {_MODEL.value} from {_WEIGHTS.value} (step 0). Evaluate with "
           f"python -m dnjax.evaluate --workdir={out}; fine-tune with --config.init_from={out}")
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

@@ -6,12 +6,11 @@
 ``resume``          what a run starts from, and whether a changed config may continue a run
 ``checkpoints``     orbax checkpoints: newest few and best, fingerprints, damaged ones set aside
 ``workdir``         one writer per workdir (flock, or a lease on GCS); storage-error detection
-``preemption``      SIGTERM as a flag the loop polls; the preempted exit status
+``preemption``      SIGTERM and Ctrl-C as a flag the loop polls
 ``compilation``     JAX's persistent compilation cache
 ==================  ==========================================================================
 """
 
-from dnjax.runtime.preemption import PREEMPTED_EXIT_CODE
 from dnjax.runtime.run import Run, RunResult, check_workdir
 
-__all__ = ["PREEMPTED_EXIT_CODE", "Run", "RunResult", "check_workdir"]
+__all__ = ["Run", "RunResult", "check_workdir"]

@@ -15,8 +15,8 @@ lock's lease). A watcher thread checks them twice a second. An operation that fa
 background, or that has not ended ``timeout`` seconds after it began, ends the process: one line
 on stderr naming the operation, the path and what failed, which checkpoints are intact and what to
 do; the lock is released if the store lets it be within a few seconds; then ``os._exit`` with
-:data:`STORAGE_EXIT_CODE`, without waiting for the libraries' threads. A failure the run's own
-thread meets (an operation raising) takes the ordinary way out through
+``ExitStatus.STORAGE`` (:mod:`dnjax.exits`), without waiting for the libraries' threads. A failure
+the run's own thread meets (an operation raising) takes the ordinary way out through
 :class:`dnjax.runtime.Run`, which reports it the same way.
 
 The bound: a fault that persists from time ``t`` is given up on by ``t + timeout`` (each operation
@@ -36,15 +36,12 @@ import time
 from typing import Callable
 
 from dnjax import storage
+from dnjax.exits import ExitStatus
 
 log = logging.getLogger("dnjax")
 
 STORAGE_TIMEOUT_SECONDS = 90.0
 RELEASE_SECONDS = 10.0
-# How long the interpreter's shutdown may take once a command has its exit status.
-SHUTDOWN_SECONDS = 10.0
-# Exit status of a run stopped because its workdir's store failed (as for a full disk).
-STORAGE_EXIT_CODE = 3
 
 
 class StorageDeadline:
@@ -160,7 +157,7 @@ class StorageDeadline:
             release = threading.Thread(target=self._quietly, args=(self.on_failure,), daemon=True)
             release.start()
             release.join(RELEASE_SECONDS)
-        os._exit(STORAGE_EXIT_CODE)
+        os._exit(ExitStatus.STORAGE)
 
     @staticmethod
     def _quietly(fn) -> None:
@@ -169,20 +166,3 @@ class StorageDeadline:
         except Exception as e:  # noqa: BLE001 - the lease then expires by itself
             log.debug("While stopping, releasing the lock failed: %s", storage.one_line(e))
 
-
-def arm_shutdown_deadline(code: int, seconds: float = SHUTDOWN_SECONDS) -> None:
-    """Ends the process with ``code`` if the interpreter's shutdown has not within ``seconds``.
-
-    Shutdown joins every thread the libraries started; one still waiting on a store that failed
-    (orbax's signalling threads, a client's retry loop) must not keep the process, and on a pod
-    the slice, alive."""
-    timer = threading.Timer(seconds, os._exit, args=(code,))
-    timer.daemon = True
-    timer.start()
-
-
-def exit_bounded(code: int) -> None:
-    """``sys.exit(code)`` for a command line that has its exit status, with the interpreter's
-    shutdown bounded by :func:`arm_shutdown_deadline`."""
-    arm_shutdown_deadline(code)
-    sys.exit(code)

@@ -4,7 +4,7 @@ steps.
 Schedulers (SLURM, Kubernetes, preemptible VMs) send SIGTERM and wait a grace period before
 SIGKILL; a person at a terminal presses Ctrl-C (SIGINT). Either handler only sets a flag: the step
 in flight finishes, the loop saves a checkpoint and exits with what shells report for a process
-ended by that signal, :data:`PREEMPTED_EXIT_CODE` (143) or :data:`INTERRUPTED_EXIT_CODE` (130).
+ended by that signal, ``ExitStatus.PREEMPTED`` (143) or ``ExitStatus.INTERRUPTED`` (130).
 A second Ctrl-C does not wait for the save: it prints one line and ends the process at once (the
 checkpoints committed before stay intact; the save in flight is not committed and is removed by
 the next run). TPU pods announce preemption through ``jax.distributed`` instead; orbax's
@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
-# Exit status of a run stopped by SIGTERM after saving (128 + SIGTERM).
-PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
-# Exit status of a run stopped by Ctrl-C (128 + SIGINT), after saving or, at a second Ctrl-C, at once.
-INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
+from dnjax.exits import ExitStatus, exit_now
 
 
 class StopSignals:
@@ -45,10 +41,8 @@ class StopSignals:
 
     def _interrupt(self, signum, frame) -> None:
         if self.received == "interrupted":
-            sys.stdout.flush()
-            print("Aborted (second Ctrl-C) without saving; the checkpoints committed before are intact. "
-                  "Rerun the same command to resume from the newest.", file=sys.stderr, flush=True)
-            os._exit(INTERRUPTED_EXIT_CODE)
+            exit_now(ExitStatus.INTERRUPTED, "Aborted (second Ctrl-C) without saving; the checkpoints committed "
+                     "before are intact. Rerun the same command to resume from the newest.")
         self.received = "interrupted"
 
     def __exit__(self, *exc) -> None:
@@ -56,6 +50,6 @@ class StopSignals:
             if sig == signal.SIGINT and self.received == "interrupted":
                 # The run has stopped and says so; another Ctrl-C while the process ends only
                 # ends it sooner, quietly, with the same status.
-                previous = lambda *_: os._exit(INTERRUPTED_EXIT_CODE)  # noqa: E731
+                previous = lambda *_: os._exit(ExitStatus.INTERRUPTED)  # noqa: E731
             signal.signal(sig, previous)
         self._previous.clear()
