@@ -17,20 +17,21 @@ from absl import app, flags
 
 from dnjax import logs
 from dnjax.exits import ExitStatus, exit_bounded
+from dnjax.storage import STORAGE_TIMEOUT_SECONDS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
 _WHICH = flags.DEFINE_enum("which", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "A specific step instead of the newest.")
 _JSON = flags.DEFINE_bool("json", False, "Print the metrics as one JSON object.")
 _STORAGE_TIMEOUT = flags.DEFINE_float(
-    "storage_timeout_seconds", 90.0,
+    "storage_timeout_seconds", STORAGE_TIMEOUT_SECONDS,
     "Reading the run's config and checkpoint: a read that has not ended this long after it began "
     "stops with status 3.")
 flags.mark_flag_as_required("workdir")
 
 
 def evaluate_workdir(workdir, which: str = "latest", step: int | None = None,
-                     storage_timeout_seconds: float = 90.0) -> dict:
+                     storage_timeout_seconds: float = STORAGE_TIMEOUT_SECONDS) -> dict:
     """Builds the run's setup (data, model, steps; no trainer, nothing written) and evaluates a
     checkpoint on the whole test split. Each read of the workdir has a deadline
     (:class:`dnjax.runtime.deadline.StorageDeadline`): a store that does not answer ends the

@@ -167,15 +167,7 @@ def quiet_libraries(verbose: bool = False, progress: bool = False) -> None:
     for name in ("gcsfs", "google.auth"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
-        from dnjax.runtime.workdir import StorageErrorEcho, quiet_thread_failures
-
-        quiet_thread_failures()
-
-        echo = StorageErrorEcho()
-        for name in ("absl", "asyncio", "gcsfs"):
-            logger = logging.getLogger(name)
-            if not any(isinstance(f, StorageErrorEcho) for f in logger.filters):
-                logger.addFilter(echo)
+        storage.quiet_failures(("absl", "asyncio", "gcsfs"))
     logging.getLogger("dnjax").setLevel(logging.INFO if verbose or progress else logging.WARNING)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

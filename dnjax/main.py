@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dnjax.exits import ExitStatus, arm_shutdown_deadline, exit_bounded, exit_now
+from dnjax.storage import STORAGE_TIMEOUT_SECONDS
 
 # New fields are let in for config.model, whose other fields config_lib.parse_flags checks.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py",
@@ -59,7 +60,7 @@ _LEASE = flags.DEFINE_float(
     "host a rerun takes it over at once).",
 )
 _STORAGE_TIMEOUT = flags.DEFINE_float(
-    "storage_timeout_seconds", 90.0,
+    "storage_timeout_seconds", STORAGE_TIMEOUT_SECONDS,
     "A storage operation of the run (a checkpoint save or its background commit, an upload of the "
     "logs, the restore at start, the lock's renewal) that has not ended this long after it began "
     "stops the run with status 3, as one that fails does; raise it for checkpoints that take "

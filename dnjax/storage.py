@@ -23,21 +23,38 @@ on what it does offer:
 
 :func:`check_available` runs before anything is written: a remote path whose client library,
 credentials or bucket is missing stops with one line naming the path and the fix.
+
+**When the store fails**, the run says so in one line and stops, however deep in a library the
+failure happened. :class:`StorageError` (a path that cannot be used) and :class:`StorageFailure`
+(the store failed while in use) carry that line; :func:`write_error` and :func:`is_failure` tell a
+storage failure (a full disk, a quota, a read-only mount, a store that refuses or does not answer)
+from a bug, whatever raised it; :func:`quiet_failures` and :data:`quiet_abandoned_reads` keep what
+the libraries beneath (orbax, TensorStore, the storage clients) log and print after one from
+burying that line. A run gives each storage operation :data:`STORAGE_TIMEOUT_SECONDS`
+(``--storage_timeout_seconds``; :mod:`dnjax.runtime.deadline` holds it to that).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
+import threading
 from pathlib import Path as LocalPath
+from typing import Any
 
 from etils import epath
 
 log = logging.getLogger("dnjax")
+
+# How long a storage operation of a run (a checkpoint save, an upload of the logs, the restore at
+# start, the lock's renewal) may take before the run stops with status 3.
+STORAGE_TIMEOUT_SECONDS = 90.0
 
 # scheme -> (the fsspec backend epath needs, how to install it)
 BACKENDS = {
@@ -275,3 +292,191 @@ class Staged:
         """Drops the local copies without uploading (a run stopping on a storage error)."""
         if self.remote:
             shutil.rmtree(self.local, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# When the store fails: which errors mean it, and the libraries' noise after one
+
+# errno values that mean "this storage cannot take the write", as opposed to a bug.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+
+def write_error(exc: BaseException) -> OSError | None:
+    """The storage error (full disk, quota, read-only, I/O error) behind ``exc``, if any: an OSError
+    anywhere in its chain, or one reported as text by orbax or TensorStore."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            return e
+        text = str(e)
+        for code in WRITE_ERRNOS:
+            if os.strerror(code) in text:
+                return OSError(code, os.strerror(code), _path_in(text))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _path_in(text: str) -> str | None:
+    for word in text.replace('"', " ").replace("'", " ").split():
+        if word.startswith("/"):
+            return word.rstrip(".,:;)]")
+    return None
+
+
+def is_failure(exc: BaseException | None) -> bool:
+    """Whether ``exc`` means that the storage failed: a write error in its chain, or a
+    :class:`StorageError`."""
+    return exc is not None and (write_error(exc) is not None or isinstance(exc, StorageError))
+
+
+# What the storage clients and orbax log when a remote store fails: refused or reset connections,
+# 5xx and 429 answers past the retries, orbax's background commit and its signalling threads.
+REMOTE_FAILURE = re.compile(
+    r"Connect call failed|Connection refused|Connection reset|ClientConnectorError|ClientOSError|"
+    r"ServerDisconnectedError|ClientPayloadError|RetryError|ServiceUnavailable|TooManyRequests|"
+    r"InternalServerError|UNAVAILABLE|DEADLINE_EXCEEDED|out of retries|Handler Commit|"
+    r"Save Finalize thread|_SignalingThread|Event loop is closed|cannot schedule new futures|"
+    r"Max retries exceeded|HTTP status 5\d\d|HttpError")
+
+
+class StorageErrorEcho(logging.Filter):
+    """For the libraries' loggers: one line for the first storage error they log, nothing for the
+    tracebacks that follow it (an asynchronous save that fails logs one per array and thread); the
+    run then stops with one line saying what happened. What they log when a remote store fails
+    is not shown at all: the run's own line names the object and the failure. ``--verbosity=0``
+    shows them all."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {type(record.exc_info[1]).__name__} {record.exc_info[1]}"
+        if REMOTE_FAILURE.search(text):
+            self.seen = True
+            _quiet_closed_loops()
+            return False
+        if any(os.strerror(code) in text for code in WRITE_ERRNOS):
+            if self.seen:
+                return False
+            self.seen = True
+            _quiet_closed_loops()
+            record.msg, record.args, record.exc_info, record.exc_text = text.splitlines()[0][:300], None, None, None
+            return True
+        return not self.seen  # what a failed save logs after the error itself
+
+
+def quiet_failures(loggers) -> None:
+    """After a storage failure, the run's own line is what is shown: one :class:`StorageErrorEcho`
+    on each of the ``loggers`` (names), and the threads of the libraries that die of a remote
+    store's failure quieted (:func:`_quiet_thread_failures`). Installed once however often called."""
+    _quiet_thread_failures()
+    echo = StorageErrorEcho()
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, StorageErrorEcho) for f in logger.filters):
+            logger.addFilter(echo)
+
+
+def _quiet_thread_failures() -> None:
+    """Library threads that die of a remote store's failure (an uncaught exception in orbax's or
+    the clients' threads) are logged at debug level instead of printing a traceback: the run stops
+    with one line of its own."""
+    previous = threading.excepthook
+    if getattr(previous, "_dnjax_quiet", False):
+        return
+
+    def hook(args):
+        if args.exc_value is not None and REMOTE_FAILURE.search(f"{type(args.exc_value).__name__} {args.exc_value}"):
+            log.debug("Thread %s stopped: %s", getattr(args.thread, "name", "?"), one_line(args.exc_value))
+            return
+        previous(args)
+
+    hook._dnjax_quiet = True
+    threading.excepthook = hook
+
+
+def _quiet_closed_loops() -> None:
+    """After a failed asynchronous save, TensorStore's callbacks for the arrays still in flight
+    find orbax's event loop closed, and report each as an unraisable exception."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_dnjax_closed_loops", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._dnjax_closed_loops = True
+    sys.unraisablehook = hook
+
+
+def _abandoned_read(exc: BaseException | None, obj: Any) -> bool:
+    """Late errors of the array reads that a failed restore leaves behind."""
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    code = getattr(obj, "cr_code", None)  # a coroutine dropped unfinished
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+class AbandonedReadFilter(logging.Filter):
+    """asyncio's "Task/Future exception was never retrieved" for an orbax read. The orbax path is
+    in the message when the task's coroutine is named there, else only in the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "exception was never retrieved" not in msg:
+            return True
+        orbax = f"{os.sep}orbax{os.sep}"
+        if orbax in msg:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        tb = exc.__traceback__ if exc is not None else None
+        while tb is not None:
+            if orbax in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
+class QuietAbandonedReads:
+    """When one array of a damaged checkpoint fails to read, orbax abandons the other reads; their
+    errors arrive later, in other threads, as a screenful of tracebacks that hide the one-line reason
+    logged for the skipped checkpoint. Those, and only those, are dropped while a reader holds this
+    (the checkpoints of a run, from their first restore until they are closed); when the last
+    reader releases it the previous ``sys.unraisablehook`` and the asyncio logger are given back.
+    Nested readers share one installation."""
+
+    def __init__(self):
+        self.users = 0
+        self.previous = None
+        self.filter = AbandonedReadFilter()
+
+    def _hook(self, unraisable):
+        if not _abandoned_read(unraisable.exc_value, unraisable.object):
+            (self.previous or sys.__unraisablehook__)(unraisable)
+
+    def acquire(self) -> None:
+        if self.users == 0:
+            self.previous = sys.unraisablehook
+            sys.unraisablehook = self._hook
+            logging.getLogger("asyncio").addFilter(self.filter)
+        self.users += 1
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            if sys.unraisablehook == self._hook:  # unless someone replaced it since
+                sys.unraisablehook = self.previous
+            self.previous = None
+            logging.getLogger("asyncio").removeFilter(self.filter)
+
+
+quiet_abandoned_reads = QuietAbandonedReads()

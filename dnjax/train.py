@@ -34,8 +34,8 @@ from dnjax import config_lib, profiling, sharding
 from dnjax.data import sources
 from dnjax.data.choices import STREAMED_DATASETS
 from dnjax.runtime import Run, RunResult, check_workdir, checkpoints as ckpt_lib, compilation
-from dnjax.runtime.deadline import STORAGE_TIMEOUT_SECONDS
 from dnjax.runtime.workdir import LEASE_SECONDS
+from dnjax.storage import STORAGE_TIMEOUT_SECONDS
 
 log = logging.getLogger("dnjax")
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dnjax import logs, train
+from dnjax import logs, storage, train
 from dnjax.exits import ExitStatus
 from dnjax.runtime import checkpoints
 
@@ -359,7 +359,7 @@ def test_abandoned_orbax_reads_are_quiet_even_when_only_the_traceback_names_orba
         "Future exception was never retrieved\nfuture: <Future finished exception=ValueError()>",
         None, _exc_info_raised_in(filename),
     )
-    assert checkpoints._AbandonedTaskFilter().filter(record) is not dropped
+    assert storage.AbandonedReadFilter().filter(record) is not dropped
 
 
 def test_the_quieted_unraisable_hook_is_given_back_on_close(tmp_path):

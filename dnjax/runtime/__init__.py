@@ -5,7 +5,7 @@
                     logs) and shutdown (closing in order, storage errors in one line)
 ``resume``          what a run starts from, and whether a changed config may continue a run
 ``checkpoints``     orbax checkpoints: newest few and best, fingerprints, damaged ones set aside
-``workdir``         one writer per workdir (flock, or a lease on GCS); storage-error detection
+``workdir``         one writer per workdir (flock, or a lease on GCS); writable at start
 ``preemption``      SIGTERM and Ctrl-C as a flag the loop polls
 ``compilation``     JAX's persistent compilation cache
 ==================  ==========================================================================

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from typing import Any
 
 import jax
@@ -100,11 +99,6 @@ def fingerprint(tree: Any) -> dict[str, int]:
     return {jax.tree_util.keystr(path): int(v) for (path, _), v in zip(flat, values)}
 
 
-def _one_line(e: Exception, limit: int = 200) -> str:
-    text = " ".join(f"{type(e).__name__}: {e}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _move_aside(step_dir: epath.Path) -> epath.Path:
     """Renames a damaged step directory to ``<step>.damaged`` (orbax ignores such names). On an
     object store the rename is a copy and a delete: the copy is complete before the step goes."""
@@ -125,69 +119,6 @@ def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
             _copy_tree(p, dst / p.name)
         else:
             (dst / p.name).write_bytes(p.read_bytes())
-
-
-def _abandoned_read(exc: BaseException | None, obj: Any) -> bool:
-    """Late errors of the array reads that a failed restore leaves behind."""
-    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
-        return True
-    code = getattr(obj, "cr_code", None)  # a coroutine dropped unfinished
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-
-
-class _AbandonedTaskFilter(logging.Filter):
-    """asyncio's "Task/Future exception was never retrieved" for an orbax read. The orbax path is
-    in the message when the task's coroutine is named there, else only in the traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        if "exception was never retrieved" not in msg:
-            return True
-        orbax = f"{os.sep}orbax{os.sep}"
-        if orbax in msg:
-            return False
-        exc = record.exc_info[1] if record.exc_info else None
-        tb = exc.__traceback__ if exc is not None else None
-        while tb is not None:
-            if orbax in tb.tb_frame.f_code.co_filename:
-                return False
-            tb = tb.tb_next
-        return True
-
-
-class _QuietAbandonedReads:
-    """When one array of a damaged checkpoint fails to read, orbax abandons the other reads; their
-    errors arrive later, in other threads, as a screenful of tracebacks that hide the one-line reason
-    logged for the skipped checkpoint. Those, and only those, are dropped: from the first restore
-    of a :class:`Checkpoints` until it is closed, when the previous ``sys.unraisablehook`` and the
-    asyncio logger are given back. Nested users share one installation."""
-
-    def __init__(self):
-        self.users = 0
-        self.previous = None
-        self.filter = _AbandonedTaskFilter()
-
-    def _hook(self, unraisable):
-        if not _abandoned_read(unraisable.exc_value, unraisable.object):
-            (self.previous or sys.__unraisablehook__)(unraisable)
-
-    def acquire(self) -> None:
-        if self.users == 0:
-            self.previous = sys.unraisablehook
-            sys.unraisablehook = self._hook
-            logging.getLogger("asyncio").addFilter(self.filter)
-        self.users += 1
-
-    def release(self) -> None:
-        self.users -= 1
-        if self.users == 0:
-            if sys.unraisablehook == self._hook:  # unless someone replaced it since
-                sys.unraisablehook = self.previous
-            self.previous = None
-            logging.getLogger("asyncio").removeFilter(self.filter)
-
-
-_QUIET = _QuietAbandonedReads()
 
 
 class Checkpoints:
@@ -229,9 +160,9 @@ class Checkpoints:
         except Exception as e:
             self.latest.close()
             raise CheckpointError(f"Cannot read the best checkpoints in {workdir / 'best'}: "
-                                  f"{_one_line(e)}") from None
+                                  f"{storage.one_line(e)}") from None
         self._fingerprinted: tuple[int | None, dict[str, int] | None] = (None, None)
-        self._quiet = False  # whether this instance holds _QUIET
+        self._quiet = False  # whether this instance holds storage.quiet_abandoned_reads
 
     @staticmethod
     def _barriers(prefix: str) -> ocp.options.MultiprocessingOptions:
@@ -307,14 +238,14 @@ class Checkpoints:
         if not candidates:
             return None
         if not self._quiet:
-            _QUIET.acquire()
+            storage.quiet_abandoned_reads.acquire()
             self._quiet = True
         skipped = []
         for s in candidates:
             try:
                 meta = mngr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             except Exception as e:  # damaged or partial: fall back to an older one
-                skipped.append((s, f"unreadable metadata ({_one_line(e)})"))
+                skipped.append((s, f"unreadable metadata ({storage.one_line(e)})"))
                 log.warning("Skipping checkpoint %s/%d: %s", mngr.directory, s, skipped[-1][1])
                 continue
             if shapes is not None and meta.get("param_shapes") is not None:
@@ -330,7 +261,7 @@ class Checkpoints:
                 restored = mngr.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), **(items or {})))
             except Exception as e:
-                skipped.append((s, f"unreadable state ({_one_line(e)})"))
+                skipped.append((s, f"unreadable state ({storage.one_line(e)})"))
                 log.warning("Skipping checkpoint %s/%d: %s", mngr.directory, s, skipped[-1][1])
                 continue
             if meta.get("fingerprint") is not None:
@@ -381,14 +312,14 @@ class Checkpoints:
                     float(json.loads(metrics.read_text())["test_error"])
                     continue
                 except Exception as e:  # noqa: BLE001 - any way of being unreadable
-                    problem = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({_one_line(e)})"
+                    problem = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({storage.one_line(e)})"
                 try:
                     meta = json.loads((d / "meta" / "metadata").read_text())
                     test_error = float(meta["test_error"])
                 except Exception as e:  # noqa: BLE001
                     log.warning("The best checkpoint %s has a %s test error and its meta cannot supply "
                                 "it (%s); moved it to %s. The run's next evaluations choose a new best.",
-                                d, problem, _one_line(e), _move_aside(d))
+                                d, problem, storage.one_line(e), _move_aside(d))
                     continue
                 metrics.parent.mkdir(parents=True, exist_ok=True)
                 storage.write_whole(metrics, json.dumps({"test_error": test_error}))
@@ -426,7 +357,7 @@ class Checkpoints:
         orbax's threads are then not printed on top of the run's own one-line error."""
         if self._quiet:
             self._quiet = False
-            _QUIET.release()
+            storage.quiet_abandoned_reads.release()
 
     def close(self) -> None:
         try:
@@ -436,7 +367,7 @@ class Checkpoints:
         finally:
             if self._quiet:
                 self._quiet = False
-                _QUIET.release()
+                storage.quiet_abandoned_reads.release()
 
 
 def committed_steps(workdir: str | os.PathLike) -> list[int]:
@@ -463,7 +394,7 @@ def read_weights(workdir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     if not steps:
         raise CheckpointError(f"{workdir} holds no checkpoint (no step directory in {path})")
     step_dir = path / str(steps[-1])
-    _QUIET.acquire()
+    storage.quiet_abandoned_reads.acquire()
     try:
         meta = json.loads((step_dir / "meta" / "metadata").read_text())
         with ocp.PyTreeCheckpointer() as ckptr:
@@ -473,9 +404,9 @@ def read_weights(workdir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
             restored = ckptr.restore(step_dir / "state", item=wanted, restore_args=args,
                                      partial_restore=True)
     except Exception as e:
-        raise CheckpointError(f"Cannot read the checkpoint {step_dir}: {_one_line(e)}") from None
+        raise CheckpointError(f"Cannot read the checkpoint {step_dir}: {storage.one_line(e)}") from None
     finally:
-        _QUIET.release()
+        storage.quiet_abandoned_reads.release()
     saved = meta.get("fingerprint") or {}
     for part in ("params", "batch_stats"):
         for key, value in fingerprint(restored.get(part, {})).items():

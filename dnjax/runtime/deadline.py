@@ -40,12 +40,11 @@ from dnjax.exits import ExitStatus
 
 log = logging.getLogger("dnjax")
 
-STORAGE_TIMEOUT_SECONDS = 90.0
 RELEASE_SECONDS = 10.0
 
 
 class StorageDeadline:
-    def __init__(self, workdir, timeout: float = STORAGE_TIMEOUT_SECONDS):
+    def __init__(self, workdir, timeout: float = storage.STORAGE_TIMEOUT_SECONDS):
         self.workdir = str(workdir)
         self.timeout = float(timeout)
         self.remote = storage.is_remote(workdir)

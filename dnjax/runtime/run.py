@@ -23,9 +23,9 @@ import jax
 
 from dnjax import logs, provenance, storage
 from dnjax.runtime import checkpoints as ckpt_lib, resume
-from dnjax.runtime.deadline import STORAGE_TIMEOUT_SECONDS, StorageDeadline
+from dnjax.runtime.deadline import StorageDeadline
 from dnjax.runtime.preemption import StopSignals
-from dnjax.runtime.workdir import LEASE_SECONDS, WorkdirError, check_writable, lock_for, write_error
+from dnjax.runtime.workdir import LEASE_SECONDS, WorkdirError, check_writable, lock_for
 
 log = logging.getLogger("dnjax")
 
@@ -47,10 +47,6 @@ def check_workdir(workdir) -> None:
         raise WorkdirError(str(e)) from None
 
 
-def _storage_failure(e: BaseException | None) -> bool:
-    return e is not None and (write_error(e) is not None or isinstance(e, storage.StorageError))
-
-
 class Run:
     """See the module docstring. After entering: ``finished`` is the result of a run that had
     already ended (the block then does nothing); otherwise ``state`` and ``start`` are where
@@ -58,7 +54,7 @@ class Run:
 
     def __init__(self, setup, workdir, accept_config_changes: Sequence[str] = (),
                  lock_lease_seconds: float = LEASE_SECONDS,
-                 storage_timeout_seconds: float = STORAGE_TIMEOUT_SECONDS):
+                 storage_timeout_seconds: float = storage.STORAGE_TIMEOUT_SECONDS):
         self.setup = setup
         self.workdir = storage.path(workdir)
         self.accepted = tuple(accept_config_changes)
@@ -239,7 +235,7 @@ class Run:
             self._signals.__exit__(exc_type, exc, tb)
 
     def _close(self, exc: BaseException | None) -> None:
-        failed = _storage_failure(exc)
+        failed = storage.is_failure(exc)
         try:
             if not failed:
                 try:
@@ -251,7 +247,7 @@ class Run:
                             _quietly(self._ckpts.close, raise_=exc is None)
                             self._saved()
                 except Exception as e:
-                    if not _storage_failure(e):
+                    if not storage.is_failure(e):
                         raise
                     exc, failed = e, True
             if failed:  # the store cannot take the rest, and what is still being written can only fail
@@ -275,7 +271,7 @@ class Run:
             raise WorkdirError(self._failure_message(exc)) from exc
 
     def _failure_message(self, exc: BaseException) -> str:
-        cause = write_error(exc)
+        cause = storage.write_error(exc)
         what = (f"{cause.strerror or cause}{f' ({cause.filename})' if cause.filename else ''}"
                 if cause is not None else str(exc))
         if storage.is_remote(self.workdir):  # the store may not answer a listing now

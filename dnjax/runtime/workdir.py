@@ -1,5 +1,4 @@
-"""The workdir of a training run: one writer at a time, writable before anything is compiled, and
-write errors (a full disk) turned into one clear line.
+"""The workdir of a training run: one writer at a time, and writable before anything is compiled.
 
 **The lock.** Process 0 of a run holds an exclusive ``flock`` on ``WORKDIR/lock`` from start-up to
 exit; the file records the holder (host, pid, start time, command). A second run on the same
@@ -29,12 +28,10 @@ run stop when process 0 (which hosts the coordination service) exits.
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import threading
@@ -48,9 +45,6 @@ log = logging.getLogger("dnjax")
 
 LOCK_FILE = "lock"
 LEASE_SECONDS = 60
-
-# errno values that mean "this storage cannot take the write", as opposed to a bug.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
 
 class WorkdirError(RuntimeError):
@@ -398,101 +392,3 @@ def lock_for(workdir: str | os.PathLike, lease_seconds: float = LEASE_SECONDS):
         return LeaseLock(workdir, lease_seconds)
     return NoLock(workdir)
 
-
-def write_error(exc: BaseException) -> OSError | None:
-    """The storage error (full disk, quota, read-only, I/O error) behind ``exc``, if any: an OSError
-    anywhere in its chain, or one reported as text by orbax or TensorStore."""
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-            return e
-        text = str(e)
-        for code in WRITE_ERRNOS:
-            if os.strerror(code) in text:
-                return OSError(code, os.strerror(code), _path_in(text))
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def _path_in(text: str) -> str | None:
-    for word in text.replace('"', " ").replace("'", " ").split():
-        if word.startswith("/"):
-            return word.rstrip(".,:;)]")
-    return None
-
-
-# What the storage clients and orbax log when a remote store fails: refused or reset connections,
-# 5xx and 429 answers past the retries, orbax's background commit and its signalling threads.
-REMOTE_FAILURE = re.compile(
-    r"Connect call failed|Connection refused|Connection reset|ClientConnectorError|ClientOSError|"
-    r"ServerDisconnectedError|ClientPayloadError|RetryError|ServiceUnavailable|TooManyRequests|"
-    r"InternalServerError|UNAVAILABLE|DEADLINE_EXCEEDED|out of retries|Handler Commit|"
-    r"Save Finalize thread|_SignalingThread|Event loop is closed|cannot schedule new futures|"
-    r"Max retries exceeded|HTTP status 5\d\d|HttpError")
-
-
-class StorageErrorEcho(logging.Filter):
-    """For the libraries' loggers: one line for the first storage error they log, nothing for the
-    tracebacks that follow it (an asynchronous save that fails logs one per array and thread); the
-    run then stops with one line saying what happened. What they log when a remote store fails
-    is not shown at all: the run's own line names the object and the failure. ``--verbosity=0``
-    shows them all."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            text += f" {type(record.exc_info[1]).__name__} {record.exc_info[1]}"
-        if REMOTE_FAILURE.search(text):
-            self.seen = True
-            _quiet_closed_loops()
-            return False
-        if any(os.strerror(code) in text for code in WRITE_ERRNOS):
-            if self.seen:
-                return False
-            self.seen = True
-            _quiet_closed_loops()
-            record.msg, record.args, record.exc_info, record.exc_text = text.splitlines()[0][:300], None, None, None
-            return True
-        return not self.seen  # what a failed save logs after the error itself
-
-
-def quiet_thread_failures() -> None:
-    """Library threads that die of a remote store's failure (an uncaught exception in orbax's or
-    the clients' threads) are logged at debug level instead of printing a traceback: the run stops
-    with one line of its own."""
-    previous = threading.excepthook
-    if getattr(previous, "_dnjax_quiet", False):
-        return
-
-    def hook(args):
-        if args.exc_value is not None and REMOTE_FAILURE.search(f"{type(args.exc_value).__name__} {args.exc_value}"):
-            log.debug("Thread %s stopped: %s", getattr(args.thread, "name", "?"), storage.one_line(args.exc_value))
-            return
-        previous(args)
-
-    hook._dnjax_quiet = True
-    threading.excepthook = hook
-
-
-def _quiet_closed_loops() -> None:
-    """After a failed asynchronous save, TensorStore's callbacks for the arrays still in flight
-    find orbax's event loop closed, and report each as an unraisable exception."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_dnjax_closed_loops", False):
-        return
-
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook._dnjax_closed_loops = True
-    sys.unraisablehook = hook
