@@ -114,6 +114,59 @@ def test_the_library_imports_no_cycle():
     assert not _cycles(graph)
 
 
+# The library's floors, lowest first. A module imports modules of its own floor or of lower ones
+# only, at any level (top, inside a function): storage failures, say, are handled on floor 0, so
+# the logs (floor 2) need nothing of the runtime (floor 3) to quiet them. A name stands for the
+# module and everything under it, unless a longer name places a part elsewhere; "dnjax" stands for
+# the package's __init__ alone.
+FLOORS = (
+    # 0: leaf utilities: paths, writers and storage failures, exit statuses, shardings, profiles,
+    # provenance, published figures, units
+    ("dnjax", "dnjax.storage", "dnjax.exits", "dnjax.sharding", "dnjax.profiling", "dnjax.provenance",
+     "dnjax.published", "dnjax.units"),
+    # 1: the networks and the input pipelines
+    ("dnjax.models", "dnjax.data"),
+    # 2: what a run is configured with, and what it logs
+    ("dnjax.config_lib", "dnjax.logs"),
+    # 3: a run's lifecycle in its workdir: lock, checkpoints, resume, deadlines, signals
+    ("dnjax.runtime",),
+    # 4: the training loop
+    ("dnjax.train",),
+    # 5: tools built on training: the weights converter and the benchmarks
+    ("dnjax.convert", "dnjax.benchmark"),
+    # 6: the command lines
+    ("dnjax.main", "dnjax.evaluate", "dnjax.models.__main__", "dnjax.convert.__main__", "dnjax.benchmark.__main__",
+     "dnjax.benchmark.gpu", "dnjax.benchmark.memory"),
+)
+FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
+
+
+def _floor(module: str) -> int | None:
+    """The floor of ``module``'s own name in FLOORS, else of the nearest package above it named
+    there; None for a module no name places."""
+    name = module
+    while name and name != "dnjax":
+        if name in FLOOR:
+            return FLOOR[name]
+        name = name.rpartition(".")[0]
+    return FLOOR["dnjax"] if module == "dnjax" else None
+
+
+def _upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} (floor {_floor(m)}) imports {d} (floor {_floor(d)})"
+                  for m, deps in graph.items() for d in deps if _floor(d) > _floor(m))
+
+
+def test_no_library_module_imports_one_of_a_higher_floor():
+    graph = _graph(LIBRARY)
+    assert not [m for m in graph if _floor(m) is None], "every module of dnjax has a floor in FLOORS"
+    assert "dnjax.train" in graph["dnjax.main"]  # read, imports inside functions too
+    assert (_floor("dnjax.models.__main__"), _floor("dnjax.models.densenet"), _floor("dnjax")) == (6, 1, 0)
+    assert _upward_imports({"dnjax.logs": {"dnjax.storage", "dnjax.runtime.workdir"}}) == [
+        "dnjax.logs (floor 2) imports dnjax.runtime.workdir (floor 3)"]
+    assert not _upward_imports(graph)
+
+
 def test_experiments_modules_import_no_cycle():
     graph = _graph(sorted((REPO / "experiments").glob("*.py")))
     assert "experiments.report" in graph["experiments.run"] or graph  # the graph was read
