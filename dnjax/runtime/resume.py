@@ -10,6 +10,7 @@ run whose last checkpoint reads back intact is left exactly as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any, Sequence
@@ -61,10 +62,19 @@ def final_record(workdir, total_steps: int) -> dict[str, Any] | None:
     return final[-1]
 
 
-def initial_weights(setup) -> tuple[Any, Any, tuple[str, ...], dict[str, Any]]:
-    """``config.init_from``'s parameters and BatchNorm statistics for ``setup``'s model:
-    (params, batch_stats, names of the reinitialised modules, what the start event records).
-    The classifier (``head``) is reinitialised when the number of classes differs; any other
+@dataclasses.dataclass(frozen=True)
+class InitialWeights:
+    """What a run starts from when ``config.init_from`` names another run's workdir."""
+
+    params: Any  # that run's parameters (numpy); those under ``reinitialised`` are not used
+    batch_stats: Any  # that run's BatchNorm statistics (numpy)
+    reinitialised: tuple[str, ...]  # top-level modules initialised afresh: ("head",) when the classes differ
+    start_event: dict[str, Any]  # what this run's 'started' event records of them
+
+
+def initial_weights(setup) -> InitialWeights:
+    """``config.init_from``'s parameters and BatchNorm statistics for ``setup``'s model. The
+    classifier (``head``) is reinitialised when the number of classes differs; any other
     difference stops the run (ConfigError, status 2) before anything is written."""
     src = setup.config.init_from
     try:
@@ -91,22 +101,21 @@ def initial_weights(setup) -> tuple[Any, Any, tuple[str, ...], dict[str, Any]]:
     if head:
         log.warning("init_from %s: reinitialised the classifier %s (%s classes there, %d here)",
                     src, ", ".join(head), classes, setup.info.num_classes)
-    report = {"init_from": str(src), "reinitialised": list(reinitialised)}
-    return params, batch_stats, reinitialised, report
+    return InitialWeights(params, batch_stats, reinitialised,
+                          start_event={"init_from": str(src), "reinitialised": list(reinitialised)})
 
 
-def restore_or_init(setup, ckpts: ckpt_lib.Checkpoints, initial=None):
+def restore_or_init(setup, ckpts: ckpt_lib.Checkpoints, initial: InitialWeights | None = None):
     """(state, resumed): the newest intact checkpoint, else a fresh state, started from
     ``initial`` (:func:`initial_weights`) when given."""
     restored = setup.restore(ckpts, items=setup.source.restore_items())
     if restored is None:
         state = setup.init_state()
         if initial is not None:
-            params, batch_stats, reinitialised = initial[:3]
-            params = dict(params, **{k: state.params[k] for k in reinitialised})
+            params = dict(initial.params, **{k: state.params[k] for k in initial.reinitialised})
             # The optimizer state of SGD and AdamW at step 0 does not depend on the values.
             state = state.replace(params=jax.device_put(params, setup.replicated),
-                                  batch_stats=jax.device_put(batch_stats, setup.replicated))
+                                  batch_stats=jax.device_put(initial.batch_stats, setup.replicated))
         return state, False
     ckpts.complete_best(*restored)
     return restored[0], True

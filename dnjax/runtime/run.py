@@ -144,7 +144,7 @@ class Run:
                 params=int(sum(x.size for x in jax.tree.leaves(state.params))),
                 steps_per_epoch=sched.steps_per_epoch, total_steps=sched.total_steps,
                 devices=jax.device_count(), processes=jax.process_count(),
-                **(initial[3] if initial is not None else {}), provenance=provenance.collect(),
+                **(initial.start_event if initial is not None else {}), provenance=provenance.collect(),
             )
         self.state, self.start = state, start
 
