@@ -50,7 +50,7 @@ import numpy as np
 
 from dnjax.exits import ExitStatus
 from experiments import studies
-from experiments.studies import Run
+from experiments.studies import StudyRun
 
 PROG = "python -m experiments.gradient_flow"
 MEASURE_BATCH = 128
@@ -68,14 +68,14 @@ def _plain(convs_per_stage: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]
     return tuple((w,) * n for w, n in zip((16, 32, 64), convs_per_stage))
 
 
-def _net(run_name: str, family: str, label: str, config: str, **fields: Any) -> Run:
+def _net(run_name: str, family: str, label: str, config: str, **fields: Any) -> StudyRun:
     """A network as a run of its recipe file; ``fields`` are model fields (``name`` switches to
     another zoo network of the family)."""
-    return Run(name=run_name, config=config, dataset="C10+ (10k sample)", label=label, family=family,
+    return StudyRun(name=run_name, config=config, dataset="C10+ (10k sample)", label=label, family=family,
                overrides=tuple((f"model.{k}", v) for k, v in fields.items()))
 
 
-NETWORKS: tuple[Run, ...] = (
+NETWORKS: tuple[StudyRun, ...] = (
     _net("plain20", "plain CNN", "plain-20 (19 conv)", studies.VGG_CONFIG + ":vgg11,c10+",
          name="vgg_tiny", stages=_plain((7, 6, 6))),
     _net("plain38", "plain CNN", "plain-38 (37 conv)", studies.VGG_CONFIG + ":vgg11,c10+",
@@ -87,7 +87,7 @@ NETWORKS: tuple[Run, ...] = (
     _net("densenet_bc40", "DenseNet", "DenseNet-BC (L=40, k=12)", studies.DENSENET_CONFIG + ":densenet_cifar,c10+",
          depth=40, growth_rate=12, bottleneck=True, compression=0.5),
 )
-SMOKE_NETWORKS: tuple[Run, ...] = (
+SMOKE_NETWORKS: tuple[StudyRun, ...] = (
     _net("plain_tiny", "plain CNN", "vgg_tiny", studies.VGG_CONFIG + ":vgg11,c10+", name="vgg_tiny"),
     _net("resnet_tiny", "ResNet", "resnet_tiny", studies.RESNET_CONFIG + ":resnet20,c10+", name="resnet_tiny"),
     _net("densenet_tiny", "DenseNet", "densenet_tiny", studies.DENSENET_CONFIG + ":densenet40_k12,c10+",
@@ -95,7 +95,7 @@ SMOKE_NETWORKS: tuple[Run, ...] = (
 )
 
 
-def run_config(net: Run, data_overrides, steps: int):
+def run_config(net: StudyRun, data_overrides, steps: int):
     """The short run's config: the network's recipe file, the data, SHORT_RECIPE and ``steps``."""
     from experiments.report import config_of_run
 
@@ -164,7 +164,7 @@ def ratio(norms: Sequence[dict[str, Any]], kind: str) -> float:
     return convs[0][kind] / convs[-1][kind]
 
 
-def measure(net: Run, config, workdir: Path) -> dict[str, Any]:
+def measure(net: StudyRun, config, workdir: Path) -> dict[str, Any]:
     """Trains the short run (unless its log already holds a final record), then measures the
     gradients at the initial and at the trained parameters."""
     from dnjax import logs, train

@@ -28,13 +28,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from dnjax.units import human  # noqa: E402
-from experiments.results import RunResult  # noqa: E402
+from experiments.results import RunSummary  # noqa: E402
 from experiments.studies import Study  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-def _datasets(results: Sequence["RunResult"]) -> list[str]:
+def _datasets(results: Sequence["RunSummary"]) -> list[str]:
     out: list[str] = []
     for r in results:
         if r.run.dataset not in out:
@@ -42,7 +42,7 @@ def _datasets(results: Sequence["RunResult"]) -> list[str]:
     return out
 
 
-def _group_colors(results: Sequence["RunResult"]) -> dict[str, str]:
+def _group_colors(results: Sequence["RunSummary"]) -> dict[str, str]:
     colors: dict[str, str] = {}
     for r in results:
         key = r.run.label
@@ -80,7 +80,7 @@ def smoothed(points: Sequence[tuple[float, float]], window: float) -> list[tuple
     return [((k + 1) * window, statistics.fmean(vs)) for k, vs in sorted(bins.items())]
 
 
-def _seed_text(runs: Sequence["RunResult"]) -> str:
+def _seed_text(runs: Sequence["RunSummary"]) -> str:
     seeds = [r.run.seed for r in runs]
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
 
@@ -93,7 +93,7 @@ def _mean_band(series: Sequence[Sequence[tuple[float, float]]]):
             for x in common]
 
 
-def curves_figure(results: Sequence["RunResult"], title: str = ""):
+def curves_figure(results: Sequence["RunSummary"], title: str = ""):
     """Test error and training loss over epochs: one colour per setting; with several seeds the
     mean over them as a line and their range (min to max) as a band, the legend naming the seeds.
     The training loss is the mean of the logged batches over windows of a round number of epochs."""
@@ -149,12 +149,12 @@ def curves_figure(results: Sequence["RunResult"], title: str = ""):
     return fig
 
 
-def curves(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
+def curves(results: Sequence["RunSummary"], path: Path, title: str = "") -> Path | None:
     fig = curves_figure(results, title)
     return None if fig is None else _finish(fig, path)
 
 
-def _reference_lines(ax, results: Sequence["RunResult"], colors: dict[str, str]) -> None:
+def _reference_lines(ax, results: Sequence["RunSummary"], colors: dict[str, str]) -> None:
     """A dotted line, in the run's colour, at the published final error of the full-size network
     each shortened run stands in for (one line per network and figure)."""
     drawn: set[tuple[str, float]] = set()
@@ -180,7 +180,7 @@ def _family_points(results, dataset: str, x_field: str):
     return {f: sorted(p) for f, p in fams.items()}
 
 
-def efficiency(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
+def efficiency(results: Sequence["RunSummary"], path: Path, title: str = "") -> Path | None:
     datasets = [d for d in _datasets(results) if _family_points(results, d, "params")]
     if not datasets:
         return None
@@ -222,7 +222,7 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     return m, float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def activation(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
+def activation(results: Sequence["RunSummary"], path: Path, title: str = "") -> Path | None:
     """Pre- against post-activation per (network, data set): each seed as a small dot, the mean as
     a large one with its 95% interval (Student's t over the seeds), the difference written above;
     the axis spans the measured errors, so that a gap of a few tenths is visible."""
@@ -277,7 +277,7 @@ def activation(results: Sequence["RunResult"], path: Path, title: str = "") -> P
     return _finish(fig, path)
 
 
-def data_efficiency(results: Sequence["RunResult"], path: Path, title: str = "") -> Path | None:
+def data_efficiency(results: Sequence["RunSummary"], path: Path, title: str = "") -> Path | None:
     """Final test error against training-set share, a line per (family, data set)."""
     cells: dict[tuple[str, str], dict[float, list[float]]] = {}
     labels: dict[tuple[str, str], str] = {}
@@ -310,7 +310,7 @@ def data_efficiency(results: Sequence["RunResult"], path: Path, title: str = "")
 PLOTS = {"curves": curves, "efficiency": efficiency, "activation": activation, "data_efficiency": data_efficiency}
 
 
-def study_plots(study: "Study", results: Sequence["RunResult"], out: Path, title_suffix: str = "") -> list[Path]:
+def study_plots(study: "Study", results: Sequence["RunSummary"], out: Path, title_suffix: str = "") -> list[Path]:
     written = []
     for name in study.plots:
         p = PLOTS[name](results, Path(out) / f"{name}.png", title_suffix)

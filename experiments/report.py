@@ -32,8 +32,8 @@ from dnjax import logs, storage
 from dnjax.exits import ExitStatus
 from dnjax.units import human
 from experiments import studies, verdicts as verdicts_lib
-from experiments.results import FINISHED, MANIFEST, RunResult, read_manifest, runner_exits  # report.RunResult too
-from experiments.studies import REPO, Run, StudyError
+from experiments.results import FINISHED, MANIFEST, RunSummary, read_manifest, runner_exits  # report.RunSummary too
+from experiments.studies import REPO, StudyError, StudyRun
 
 # ------------------------------------------------------------------------------------------------
 # Sizes of the networks
@@ -83,7 +83,7 @@ def network_size(config) -> tuple[int, int]:
     return _SIZE_CACHE[key]
 
 
-def config_of_run(run: Run):
+def config_of_run(run: StudyRun):
     """The config a run would train with, from its config file and overrides (no workdir needed),
     loaded as ``dnjax.main`` loads it."""
     from dnjax import config_lib
@@ -104,13 +104,13 @@ def _float(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def read_run(root: Path, run: Run, exits: dict[str, int] | None = None, sizes: bool = True) -> RunResult:
+def read_run(root: Path, run: StudyRun, exits: dict[str, int] | None = None, sizes: bool = True) -> RunSummary:
     from dnjax import logs
     from dnjax.config_lib import load_run_config
 
     workdir = storage.path(root) / run.name
     exits = exits if exits is not None else runner_exits(root)
-    result = RunResult(run, "missing")
+    result = RunSummary(run, "missing")
     config = None
     if (workdir / "config.json").exists():
         try:
@@ -179,7 +179,7 @@ def read_run(root: Path, run: Run, exits: dict[str, int] | None = None, sizes: b
 
 
 def read_study(root: Path, study: str, budget: str | None = None, data_dir=None,
-               sizes: bool = True) -> tuple[list[RunResult], str]:
+               sizes: bool = True) -> tuple[list[RunSummary], str]:
     """The results of every run of ``study`` under ``root``, and the budget they were run at.
 
     The budget comes from ``root/study.json``; a manifest of another study is an error, as is a
@@ -211,14 +211,14 @@ def read_study(root: Path, study: str, budget: str | None = None, data_dir=None,
 class Group:
     """Runs that differ only in the seed."""
 
-    runs: list[RunResult]
+    runs: list[RunSummary]
 
     @property
-    def first(self) -> Run:
+    def first(self) -> StudyRun:
         return self.runs[0].run
 
     @property
-    def done(self) -> list[RunResult]:
+    def done(self) -> list[RunSummary]:
         return [r for r in self.runs if r.finished]
 
     def stat(self, field: str) -> tuple[float, float | None, int] | None:
@@ -229,7 +229,7 @@ class Group:
         return statistics.fmean(values), std, len(values)
 
 
-def groups(results: Sequence[RunResult]) -> list[Group]:
+def groups(results: Sequence[RunSummary]) -> list[Group]:
     out: dict[str, Group] = {}
     for r in results:
         out.setdefault(r.run.group, Group([])).runs.append(r)
@@ -258,7 +258,7 @@ def _status_of_group(g: Group) -> str:
     return f"{done}/{len(g.runs)} finished" + (f"; {'; '.join(others)}" if others else "")
 
 
-def what_ran(results: Sequence[RunResult], budget: str) -> str:
+def what_ran(results: Sequence[RunSummary], budget: str) -> str:
     """One phrase: the settings, data sets and seeds of the runs in the report, and how many finished."""
     settings = groups(results)
     seeds = sorted({r.run.seed for r in results})
@@ -269,7 +269,7 @@ def what_ran(results: Sequence[RunResult], budget: str) -> str:
             f"{budget}, {done} finished")
 
 
-def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, root: Path | str,
+def markdown(study: studies.Study, results: Sequence[RunSummary], budget: str, root: Path | str,
              plots: Sequence[str] = (), npz_data: bool = False) -> str:
     b = studies.budget(budget, npz_data and "--data_dir")
     lines = [f"# Study `{study.name}`", "", f"**What ran**: {what_ran(results, budget)}. Runs under `{root}`.", "",
@@ -334,7 +334,7 @@ def markdown(study: studies.Study, results: Sequence[RunResult], budget: str, ro
     return "\n".join(lines)
 
 
-def _npz_data(root, results: Sequence[RunResult]) -> bool:
+def _npz_data(root, results: Sequence[RunSummary]) -> bool:
     """Whether the study's runs read npz files (--data_dir): its study.json says so, or (older roots)
     the config.json of its first run that has one."""
     manifest = read_manifest(root) or {}
@@ -351,7 +351,7 @@ def _npz_data(root, results: Sequence[RunResult]) -> bool:
 
 
 def write_report(study_name: str, root: Path, out: Path | None = None, budget: str | None = None,
-                 data_dir=None, with_plots: bool = True) -> tuple[Path, list[Path], list[RunResult]]:
+                 data_dir=None, with_plots: bool = True) -> tuple[Path, list[Path], list[RunSummary]]:
     from experiments import plots as plots_lib
 
     study = studies.get_study(study_name)

@@ -1,6 +1,6 @@
 """What a study's directory says: the study and budget that own it (``study.json``), the runner's
 record of exit statuses (``runner.jsonl``), whether a run has finished, and what the logs of one run
-say (:class:`RunResult`), read by the report and drawn by the plots. The runner writes the two
+say (:class:`RunSummary`), read by the report and drawn by the plots. The runner writes the two
 records; the report and the analyses only read."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from experiments.studies import Run, StudyError
+from experiments.studies import StudyError, StudyRun
 
 MANIFEST = "study.json"
 RUNNER_LOG = "runner.jsonl"  # of a study run by one host; host I of H writes runner.hostIofH.jsonl
@@ -53,10 +53,11 @@ def is_finished(workdir) -> bool:
 
 
 @dataclasses.dataclass
-class RunResult:
-    """What the logs of one run say; error fields are None unless the run finished."""
+class RunSummary:
+    """What the logs of one run of a study say, for the report, its verdicts and its plots; the
+    error fields are None unless the run finished."""
 
-    run: Run
+    run: StudyRun
     status: str  # finished | missing | incomplete | failed | preempted | interrupted | halted | mismatch
     note: str = ""
     params: int | None = None

@@ -57,7 +57,7 @@ from dnjax import logs, storage
 from dnjax.exits import ExitStatus
 from experiments import executor, feature_reuse, gradient_flow, hosts, studies
 from experiments.results import MANIFEST, RUNNER_LOG, is_finished, read_manifest, runner_log_name  # noqa: F401
-from experiments.studies import REPO, Run, StudyError
+from experiments.studies import REPO, StudyError, StudyRun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +115,12 @@ class _List(argparse.Action):
         parser.exit()
 
 
-def workdir_of(root: str, run: Run) -> str:
+def workdir_of(root: str, run: StudyRun) -> str:
     """``root/<run name>``, kept as text so that remote roots (gs://...) survive."""
     return f"{root.rstrip('/')}/{run.name}"
 
 
-def main_command(run: Run, root: str, extra: Sequence[str] = (), python: str = "python") -> list[str]:
+def main_command(run: StudyRun, root: str, extra: Sequence[str] = (), python: str = "python") -> list[str]:
     return [python, "-m", "dnjax.main", *run.args(workdir_of(root, run)), *extra]
 
 
@@ -207,11 +207,11 @@ class RunnerLog:
 # Printing
 
 
-def shell_lines(runs: Sequence[Run], root: str, extra: Sequence[str] = ()) -> list[str]:
+def shell_lines(runs: Sequence[StudyRun], root: str, extra: Sequence[str] = ()) -> list[str]:
     return [shlex.join(main_command(r, root, extra)) for r in runs]
 
 
-def slurm_script(study: str, budget: str, runs: Sequence[Run], root: str, extra: Sequence[str] = (),
+def slurm_script(study: str, budget: str, runs: Sequence[StudyRun], root: str, extra: Sequence[str] = (),
                  data_dir: str | None = None, seeds: str | None = None) -> str:
     names = " ".join(shlex.quote(r.name) for r in runs)
     extra_flags = "".join(f" --set={shlex.quote(e.removeprefix('--config.'))}" for e in extra)
@@ -251,7 +251,7 @@ def _log_dir(root: str, study: str) -> Path:
     return Path(tempfile.gettempdir()) / f"dnjax-study-{study}-{key}" / "logs"
 
 
-def run_study(study: str, root: str | Path, runs: Sequence[Run], budget: str, extra: Sequence[str] = (), *,
+def run_study(study: str, root: str | Path, runs: Sequence[StudyRun], budget: str, extra: Sequence[str] = (), *,
               parallel: int | None = 1, per_run: int | None = None, host: tuple[int, int] = (0, 1),
               seeds: Sequence[int] | None = None, data_dir=None, out=None, live: bool | None = None) -> int:
     """Runs this host's share of ``runs`` (every ``host[1]``-th from the ``host[0]``-th), packed

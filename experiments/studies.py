@@ -60,7 +60,7 @@ LABELS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class StudyRun:
     """One training run of a study.
 
     ``overrides`` are ``--config.<key>=<value>`` pairs (model fields included, as ``model.depth``).
@@ -122,10 +122,10 @@ class Study:
 
     name: str
     description: str
-    runs: tuple[Run, ...]
+    runs: tuple[StudyRun, ...]
     plots: tuple[str, ...] = ("curves", "efficiency")
     stand_ins: dict[str, dict[str, tuple[str, dict[str, Any], str, str]]] = dataclasses.field(default_factory=dict)
-    finish: Callable[[Run, str, bool], Run | None] | None = None
+    finish: Callable[[StudyRun, str, bool], StudyRun | None] | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def _family(model: str, activation: str | None = None) -> str:
 
 
 def paper_run(model: str, dataset: str, *, name: str | None = None, activation: str | None = None,
-              seed: int = 0, group: str | None = None, variant: str = "") -> Run:
+              seed: int = 0, group: str | None = None, variant: str = "") -> StudyRun:
     """A run of a published configuration, with the figure it should reproduce."""
     overrides: tuple[tuple[str, Any], ...] = ()
     label = LABELS.get(model, model)
@@ -166,7 +166,7 @@ def paper_run(model: str, dataset: str, *, name: str | None = None, activation: 
         overrides = (("model.activation", activation),)
         if activation == "post":
             label += ", post-act."
-    return Run(
+    return StudyRun(
         name=name or f"{model}_{dataset}",
         config=_config(model, dataset),
         dataset=DATASET_NAMES[dataset],
@@ -283,7 +283,7 @@ def _data_efficiency() -> Study:
 # ------------------------------------------------------------------------------------------------
 # Budgets
 
-def _tiny_model(run: Run) -> str:
+def _tiny_model(run: StudyRun) -> str:
     """The zoo's tiny network of the same family and kind (models.variant) as the run's network
     with the run's model fields."""
     from dnjax import models
@@ -305,7 +305,7 @@ SMOKE_OVERRIDES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _smoke(run: Run) -> Run | None:
+def _smoke(run: StudyRun) -> StudyRun | None:
     keep = tuple((k, v) for k, v in run.overrides if k == "model.activation")
     tiny = _tiny_model(run)
     post = ("model.activation", "post") in keep
@@ -357,7 +357,7 @@ def sample_overrides(data_dir: Path | str | None) -> tuple[tuple[str, Any], ...]
     )
 
 
-def _stand_in(run: Run, table: dict[str, tuple[str, dict[str, Any], str, str]]) -> tuple[str, dict[str, Any], str, str]:
+def _stand_in(run: StudyRun, table: dict[str, tuple[str, dict[str, Any], str, str]]) -> tuple[str, dict[str, Any], str, str]:
     """The (zoo name, fields, label, run-name stem) of the run's stand-in in a budget's table, with
     the run's activation override carried over and, in the activation study, the variant in the
     stem."""
@@ -373,7 +373,7 @@ def _stand_in(run: Run, table: dict[str, tuple[str, dict[str, Any], str, str]]) 
     return zoo, fields, label, stem
 
 
-def _cifar10_sample(run: Run, data_dir: Path | str | None, table=None, any_seed: bool = False) -> Run | None:
+def _cifar10_sample(run: StudyRun, data_dir: Path | str | None, table=None, any_seed: bool = False) -> StudyRun | None:
     """A small member of the run's family (from ``table``, default SAMPLE_STAND_INS) on the
     CIFAR-10 sample, with the run's recipe (C10+: augmentation, no dropout). Runs with no
     stand-in, or whose stand-in another run already covers (C100+ becomes C10+ here), are left
@@ -436,7 +436,7 @@ def cifar100_overrides(data_dir: Path | str | None) -> tuple[tuple[str, Any], ..
     )
 
 
-def _cifar100_cpu(run: Run, data_dir: Path | str | None, table=None, any_seed: bool = False) -> Run | None:
+def _cifar100_cpu(run: StudyRun, data_dir: Path | str | None, table=None, any_seed: bool = False) -> StudyRun | None:
     """The run's family stand-in (from ``table``, default C100_STAND_INS) on the real CIFAR-100
     (C100+ runs only), with the published figure of the full-size network as its reference. Only
     the seeds C100_SEEDS are kept, every seed with ``any_seed`` (``--seeds``)."""
@@ -459,7 +459,7 @@ def _cifar100_cpu(run: Run, data_dir: Path | str | None, table=None, any_seed: b
 class Budget:
     name: str
     description: str
-    transform: Callable[[Run], Run | None]
+    transform: Callable[[StudyRun], StudyRun | None]
 
 
 def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None = None,
@@ -506,10 +506,10 @@ def get_study(name: str) -> Study:
     return STUDIES[name]
 
 
-def with_seeds(runs: Sequence[Run], seeds: Sequence[int]) -> tuple[Run, ...]:
+def with_seeds(runs: Sequence[StudyRun], seeds: Sequence[int]) -> tuple[StudyRun, ...]:
     """Every setting (group) of ``runs`` once per seed, in the study's order: the group's first run
     with the seed set, named ``<group>_s<seed>``. A study's own seeds are replaced."""
-    firsts: dict[str, Run] = {}
+    firsts: dict[str, StudyRun] = {}
     for r in runs:
         firsts.setdefault(r.group, r)
     return tuple(dataclasses.replace(r, seed=s, name=f"{g}_s{s}", group=g)
@@ -531,7 +531,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def study_runs(name: str, budget_name: str = "full", data_dir=None,
-               only: list[str] | tuple[str, ...] = (), seeds: Sequence[int] | None = None) -> tuple[Run, ...]:
+               only: list[str] | tuple[str, ...] = (), seeds: Sequence[int] | None = None) -> tuple[StudyRun, ...]:
     """The runs of study ``name`` under a budget (duplicates the budget creates dropped), or just
     the ones named in ``only`` (names or shell patterns, e.g. ``densenet*_c100+``); a name or
     pattern that matches no run raises StudyError listing the valid ones.
@@ -597,7 +597,7 @@ def data_efficiency_steps(budget_name: str) -> int:
     return max(1, round(epochs * (images // batch)))
 
 
-def _finish_data_efficiency(run: Run, budget_name: str, any_seed: bool = False) -> Run | None:
+def _finish_data_efficiency(run: StudyRun, budget_name: str, any_seed: bool = False) -> StudyRun | None:
     """The subset (fraction, seed), the DenseNet recipe where the budget sets none, the equal step
     count, and evaluations and checkpoints every ``1 / fraction`` times the budget's interval in
     epochs (about the same steps as the whole-set run). The smoke budget draws its subsets from

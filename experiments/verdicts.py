@@ -23,7 +23,7 @@ import re
 import statistics
 from typing import Sequence
 
-from experiments.results import RunResult
+from experiments.results import RunSummary
 from experiments.studies import Study
 
 LEVEL = 0.95
@@ -88,19 +88,19 @@ class Verdict:
         return head + f", 95% interval [{iv[0]:+.2f}, {iv[1]:+.2f}] ({METHOD}); {verdict}."
 
 
-def _errors(rs: Sequence[RunResult]) -> tuple[float, ...]:
+def _errors(rs: Sequence[RunSummary]) -> tuple[float, ...]:
     return tuple(r.final_error for r in rs if r.finished and r.final_error is not None)
 
 
-def _settings(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
-    out: dict[str, list[RunResult]] = {}
+def _settings(results: Sequence[RunSummary]) -> dict[str, list[RunSummary]]:
+    out: dict[str, list[RunSummary]] = {}
     for r in results:
         out.setdefault(r.run.group, []).append(r)
     return out
 
 
-def _activation_pairs(results: Sequence[RunResult]) -> list[Verdict]:
-    pairs: dict[str, dict[str, list[RunResult]]] = {}
+def _activation_pairs(results: Sequence[RunSummary]) -> list[Verdict]:
+    pairs: dict[str, dict[str, list[RunSummary]]] = {}
     for group, rs in _settings(results).items():
         v = rs[0].run.variant
         if v in ("pre", "post"):
@@ -121,7 +121,7 @@ def _network(label: str) -> str:
     return re.sub(r", [\d.]+% of the training set$", "", label)
 
 
-def _family_pairs(results: Sequence[RunResult]) -> list[Verdict]:
+def _family_pairs(results: Sequence[RunSummary]) -> list[Verdict]:
     settings = [rs for rs in _settings(results).values() if _errors(rs)]
 
     def params(rs):
@@ -145,7 +145,7 @@ def _family_pairs(results: Sequence[RunResult]) -> list[Verdict]:
     return out
 
 
-def verdicts(study: Study, results: Sequence[RunResult]) -> list[Verdict]:
+def verdicts(study: Study, results: Sequence[RunSummary]) -> list[Verdict]:
     if "activation" in study.plots:
         return _activation_pairs(results)
     families = {r.run.family for r in results}

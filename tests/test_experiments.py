@@ -176,7 +176,7 @@ def test_families_and_smoke_stand_ins_are_the_zoos_kinds_of_network():
     # The kind is the module's, whatever the name: the ImageNet DenseNets are DenseNet-BCs, and a
     # builder's fields decide its stand-in.
     assert studies._family("densenet121") == "DenseNet-BC"
-    bc = studies.Run(name="bc", config=studies.DENSENET_CONFIG + ":densenet_cifar,c10+", dataset="C10+", label="bc",
+    bc = studies.StudyRun(name="bc", config=studies.DENSENET_CONFIG + ":densenet_cifar,c10+", dataset="C10+", label="bc",
                      family="", overrides=(("model.depth", 22), ("model.bottleneck", True), ("model.compression", 0.5)))
     assert studies._tiny_model(bc) == "densenet_bc_tiny"
     b = dataclasses.replace(bc, overrides=bc.overrides[:2])

@@ -9,7 +9,7 @@ import matplotlib
 import pytest
 
 from experiments import plots, studies, verdicts
-from experiments.results import RunResult
+from experiments.results import RunSummary
 
 matplotlib.use("Agg")
 
@@ -40,12 +40,12 @@ def test_verdict_lines_say_what_the_interval_shows():
 
 
 def result(name: str, group: str, seed: int, variant: str, errors: list[float], label: str = "net",
-           family: str = "DenseNet-BC", params: int = 1000) -> RunResult:
-    run = studies.Run(name=name, config="c", dataset="C10+", label=label, family=family, seed=seed,
+           family: str = "DenseNet-BC", params: int = 1000) -> RunSummary:
+    run = studies.StudyRun(name=name, config="c", dataset="C10+", label=label, family=family, seed=seed,
                       group=group, variant=variant)
     evals = [(float(i + 1), e) for i, e in enumerate(errors)]
     train = [(0.05 * (i + 1), 2.0 - 0.01 * i - 0.1 * seed) for i in range(40)]
-    return RunResult(run, "finished", final_error=errors[-1], evals=evals, train=train, params=params)
+    return RunSummary(run, "finished", final_error=errors[-1], evals=evals, train=train, params=params)
 
 
 def activation_results():
