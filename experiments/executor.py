@@ -4,7 +4,8 @@ once, each in a process of its own confined to its slot's devices (:mod:`experim
 - A run starts as soon as a slot is free, in the order given; its output goes to its log file.
 - A run that fails is reported (name, exit status, the last lines of its log) and the others go on.
 - SIGTERM or SIGINT (Ctrl-C) to the executor sends SIGTERM to every run in progress (a dnjax run
-  saves a checkpoint and exits ``ExitStatus.PREEMPTED``, 143) and starts nothing more; a second one kills them at once.
+  saves a checkpoint and exits 143, ``ExitStatus.PREEMPTED``) and starts nothing more; a second
+  one kills them at once.
   The children are in sessions of their own, so that a Ctrl-C at the terminal reaches them only
   through the executor, and they are sent SIGTERM by the kernel if the executor itself dies.
 - Progress comes from each run's ``metrics.jsonl``: on a terminal a table redrawn every second (run,

@@ -294,8 +294,9 @@ def run_study(study: str, root: str | Path, runs: Sequence[StudyRun], budget: st
                            poll_seconds=15.0 if storage.is_remote(root) else 1.0)
     outcomes, interrupted = ex.run(jobs)
     if interrupted:
-        print(f"Interrupted: {sum(o.rc in (ExitStatus.OK, ExitStatus.PREEMPTED, ExitStatus.INTERRUPTED) for o in outcomes)} run(s) stopped with their "
-              f"checkpoints saved; rerun the same command to resume.", file=out, flush=True)
+        saved = sum(o.rc in (ExitStatus.OK, ExitStatus.PREEMPTED, ExitStatus.INTERRUPTED) for o in outcomes)
+        print(f"Interrupted: {saved} run(s) stopped with their checkpoints saved; rerun the same command to "
+              "resume.", file=out, flush=True)
         return ExitStatus.PREEMPTED
     problems = []
     for o in outcomes:
