@@ -12,9 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,20 +65,15 @@ def field_kind(config: ml_collections.ConfigDict, path: str) -> tuple[type, bool
         hint = (f"networks that have it: {', '.join(same[:4])}{', ...' if len(same) > 4 else ''} (choose one in "
                 "the config file's argument)" if have else "no network of the zoo has it" + _close(field, types))
         raise ConfigError(f"config.{path} does not exist: model {name!r} has the fields {sorted(types)}; {hint}")
-    if path == "model" or any(p.startswith(path + ".") for p in knobs.KNOBS):
-        raise ConfigError(f"config.{path} is a section: set its fields, e.g. --config.{path}.FIELD=VALUE")
-    parent = path.rpartition(".")[0]
-    siblings = [p.removeprefix(parent + ".") if parent else p for p in knobs.KNOBS if p.rpartition(".")[0] == parent]
-    if not siblings:
+    parent, _, leaf = path.rpartition(".")
+    names = sorted({p.removeprefix(parent + ".").split(".")[0] for p in (*knobs.KNOBS, "model.name")
+                    if p.startswith(parent + ".") or not parent})
+    if not names:
         return field_kind(config, parent)  # raises for the missing section
-    siblings = sorted({s.split(".")[0] for s in siblings} | ({"model", "data", "optim"} if not parent else set()))
-    return _fail_unknown(path, parent, siblings)
-
-
-def _fail_unknown(path: str, parent: str, siblings: list[str]):
-    leaf = path.rpartition(".")[2]
-    raise ConfigError(f"config.{path} does not exist{_close(leaf, siblings)}; "
-                      f"config{'.' + parent if parent else ''} has {siblings}")
+    if leaf in names:
+        raise ConfigError(f"config.{path} is a section: set its fields, e.g. --config.{path}.FIELD=VALUE")
+    raise ConfigError(f"config.{path} does not exist{_close(leaf, names)}; config{'.' + parent if parent else ''} "
+                      f"has {names}")
 
 
 def _model_name(config) -> str:
@@ -125,6 +118,8 @@ def override(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, A
     for path, value in sorted(overrides, key=lambda kv: kv[0] != "model.name"):
         kind, optional = field_kind(config, path)
         knobs.set_path(config, path, typed(path, kind, optional, value))
+        if path == "model.name":
+            _model_name(config)
     return config
 
 
@@ -133,31 +128,11 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {k: v for k, v in config.model.to_dict().items() if k != "name" and v is not None}
 
 
-def model_fields(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Every field of zoo network ``name`` built with ``overrides``, with its value: the module's
-    own, or for a builder's arguments (``depth``) the value given or the builder's default."""
-    import inspect
-
-    module = models.get_model(name, **overrides)
-    factory = models.ZOO[name].factory
-    signature = {} if inspect.isclass(getattr(factory, "func", factory)) else inspect.signature(factory).parameters
-    out = {}
-    for field in models.field_types(name):
-        if field in overrides:
-            out[field] = overrides[field]
-        elif hasattr(module, field):
-            out[field] = getattr(module, field)
-        elif field in signature:
-            out[field] = signature[field].default
-        out[field] = tuple(out[field]) if isinstance(out.get(field), list) else out.get(field)
-    return out
-
-
 def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of (valid) ``config`` whose ``config.model`` holds every field of its network, so
     that the workdir alone rebuilds it whatever the zoo's presets say later."""
     config = ml_collections.ConfigDict(config.to_dict())
-    config.model = dict(name=config.model.name, **model_fields(config.model.name, model_overrides(config)))
+    config.model = dict(name=config.model.name, **models.built_fields(config.model.name, **model_overrides(config)))
     return config
 
 
@@ -255,90 +230,6 @@ def derive(config: ml_collections.ConfigDict, num_train: int) -> Schedule:
     return Schedule(steps_per_epoch=spe, total_steps=total, eval_every=every(config.eval_every_epochs),
                     checkpoint_every=every(config.checkpoint_every_epochs), warmup_steps=warmup,
                     boundaries=tuple(round(f * total) for f in config.optim.decay_at))
-
-
-# --------------------------------------------------------------------------------------------
-# Config files and the command line
-
-
-def make_importable(spec: str) -> None:
-    """Config files build on each other (``from configs import default``). When a config file's
-    folder is a package (it holds ``__init__.py``), the folder above it goes first on ``sys.path``,
-    so that ``--config=/path/to/dnjax/configs/x.py`` works from any directory."""
-    folder = Path(spec.partition(":")[0]).resolve().parent
-    if (folder / "__init__.py").is_file() and str(folder.parent) not in sys.path:
-        sys.path.insert(0, str(folder.parent))
-
-
-def load_config_file(spec: str, overrides: Sequence[tuple[str, Any]] = ()) -> ml_collections.ConfigDict:
-    """The config of ``--config=PATH[:ARG]`` with ``overrides`` (dotted field, value or text)."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("dnjax_config_file", path)
-    if module_spec is None or not Path(path).is_file():
-        raise ConfigError(f"--config={spec}: {path} is not a config file")
-    make_importable(spec)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    try:
-        config = module.get_config(arg) if arg else module.get_config()
-    except ValueError as e:  # the config file's own check of its argument
-        raise ConfigError(f"--config={spec}: {e}") from None
-    return override(config, overrides)
-
-
-def repository_config(name: str) -> str:
-    """The path of ``configs/<name>`` in the repository this dnjax runs from (a checkout, as
-    ``pip install -e .`` installs it), for tools whose default is one of the paper's recipes."""
-    path = Path(__file__).resolve().parent.parent / "configs" / name
-    if not path.is_file():
-        raise ConfigError(f"configs/{name} is not beside this dnjax ({path.parent.parent}): run dnjax from "
-                          f"its repository (pip install -e .) or pass --config=PATH/configs/{name}")
-    return str(path)
-
-
-def split_overrides(argv: Sequence[str], flag: str = "config") -> tuple[list[tuple[str, str]], list[str]]:
-    """(the (dotted field, text) of each ``--<flag>.FIELD=VALUE``, ``--<flag>.FIELD VALUE``,
-    ``--<flag>.FIELD`` (true) or ``--no<flag>.FIELD`` (false) of ``argv``, the other arguments)."""
-    overrides, rest, args = [], [], list(argv)
-    while args:
-        arg = args.pop(0)
-        body = next((arg[len(p):] for p in (f"--{flag}.", f"--no{flag}.") if arg.startswith(p)), None)
-        if body is None:
-            rest.append(arg)
-        elif "=" in body:
-            overrides.append(tuple(body.split("=", 1)))
-        elif arg.startswith("--no"):
-            overrides.append((body, "false"))
-        else:
-            overrides.append((body, args.pop(0) if args and not args[0].startswith("-") else "true"))
-    return overrides, rest
-
-
-class ConfigFlag:
-    """``--<name>=FILE[:ARG]`` and its ``--<name>.FIELD=VALUE`` overrides on an absl command line:
-    pass :meth:`parse` as ``app.run``'s ``flags_parser``; :attr:`value` is then the checked config
-    (None without the flag). A mistake ends the program with status 2 and one line naming it."""
-
-    def __init__(self, name: str, help: str):
-        from absl import flags
-
-        self.name, self.value = name, None
-        flags.DEFINE_string(name, None, f"{help} Override any field with --{name}.FIELD=VALUE.")
-
-    def parse(self, argv: list[str]) -> list[str]:
-        from absl import app, flags
-
-        overrides, rest = split_overrides(argv, self.name)
-        rest = app.parse_flags_with_usage(rest)
-        spec = flags.FLAGS[self.name].value
-        try:
-            if spec is None and overrides:
-                raise ConfigError(f"--{self.name}.{overrides[0][0]} needs --{self.name}=FILE")
-            self.value = load_config_file(spec, overrides) if spec else None
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        return rest
 
 
 # --------------------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def run():
     data: list[tuple[str, str]] = []
 
     def parse(argv):
-        from dnjax.config_lib import split_overrides
+        from dnjax.config_files import split_overrides
 
         overrides, rest = split_overrides(argv)
         data.extend(overrides)

@@ -20,11 +20,11 @@ from typing import Any, Callable
 import ml_collections
 
 from dnjax.data.choices import DATASETS, NORMALIZATIONS
+from dnjax.models.common import DTYPES
 from dnjax.profiling import parse_steps
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("piecewise", "cosine", "constant")
-DTYPES = ("float32", "bfloat16")
 
 # What a resumed run may change (``Knob.resume``): nothing that alters its trajectory ("fixed");
 # anything that only decides what is evaluated, logged, kept or shown ("free"); its length, once

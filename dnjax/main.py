@@ -26,9 +26,9 @@ import traceback
 
 from absl import app, flags
 
-from dnjax import config_lib
+from dnjax import config_files, config_lib
 
-_CONFIG = config_lib.ConfigFlag("config", "FILE[:ARG]: the config file, e.g. configs/quickstart.py.")
+_CONFIG = config_files.ConfigFlag("config", "FILE[:ARG]: the config file, e.g. configs/quickstart.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the saved config.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],

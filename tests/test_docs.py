@@ -226,14 +226,14 @@ def test_every_python_module_the_docs_run_exists(monkeypatch):
 
 @functools.lru_cache(maxsize=None)
 def _config(spec: str):
-    from dnjax import config_lib
+    from dnjax import config_files
 
     path, _, arg = spec.partition(":")
-    return config_lib.load_config_file(str(REPO / path) + (f":{arg}" if arg else ""))
+    return config_files.load_config_file(str(REPO / path) + (f":{arg}" if arg else ""))
 
 
 def test_every_documented_command_loads_its_config_and_overrides_only_existing_fields():
-    from dnjax import config_lib
+    from dnjax import config_files, config_lib
 
     loaded = overrides = skipped = 0
     for page, module, args in _commands():
@@ -256,7 +256,7 @@ def test_every_documented_command_loads_its_config_and_overrides_only_existing_f
         # Overrides of placeholder fields (--config.FIELD=VALUE) name no field to check.
         real = [a for a in given if not any(PLACEHOLDER.fullmatch(p) for p in a[len("--config."):].split("=")[0].split("."))]
         try:
-            config_lib.override(config, config_lib.split_overrides(real)[0])
+            config_lib.override(config, config_files.split_overrides(real)[0])
         except config_lib.ConfigError as e:
             raise AssertionError(f"{where}: {e}") from None
         loaded += 1
@@ -269,9 +269,9 @@ def test_every_documented_command_loads_its_config_and_overrides_only_existing_f
 
 def _built(config, overrides: list[str]):
     """The config of ``--config.FIELD=VALUE`` overrides as the command line builds it."""
-    from dnjax import config_lib
+    from dnjax import config_files, config_lib
 
-    return config_lib.override(config, config_lib.split_overrides(overrides)[0])
+    return config_lib.override(config, config_files.split_overrides(overrides)[0])
 
 
 def test_every_documented_training_command_passes_the_tools_own_checks():

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnjax import config_lib, published
+from dnjax import config_files, config_lib, published
 from experiments import feature_reuse, plots, report, run, studies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,13 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 def config_from_args(args: list[str]):
     """Builds the config a ``dnjax.main`` argument list describes, as the command line does: the
     config file with its argument, then each --config.FIELD=VALUE typed by the field."""
-    from dnjax import config_lib
 
-    overrides, rest = config_lib.split_overrides(args)
+    overrides, rest = config_files.split_overrides(args)
     flags = dict(a[2:].split("=", 1) for a in rest if a.startswith("--"))
     assert set(flags) == {"config", "workdir"}, flags
     assert (REPO / flags["config"].partition(":")[0]).is_file(), flags["config"]
-    return config_lib.load_config_file(flags["config"], overrides)
+    return config_files.load_config_file(flags["config"], overrides)
 
 
 def print_lines(capsys, *argv) -> list[str]:

@@ -303,6 +303,14 @@ def test_a_workdir_of_the_earlier_record_layout_resumes_and_evaluates(tmp_path, 
     r = runs.run_main(workdir, "--config.num_train_steps=8", cache=cache)
     assert r.returncode == 0, r.stderr
     assert "Finished 8 steps" in r.stdout and "num_train_steps: 6 -> 8" in r.stderr
+    # The start names the network, its parameters and the steps; without a progress bar
+    # (progress_bar=False) each logged step shows its loss.
+    from dnjax.models import summary
+
+    params = summary.describe(config_lib.build_model(config_lib.from_json(saved), 10), (8, 8, 1))["params"]
+    assert (f"densenet_bc_tiny (densenet_bc), {params:,} parameters, on digits (1,437 training images): 8 steps, "
+            "0.09 epochs of 89 steps of 16 images") in r.stderr
+    assert "step 8/8: loss " in r.stderr
     assert "model." not in r.stderr.split("changed settings")[-1].split("\n\n")[0]
     assert json.loads(path.read_text())["model"]["block_sizes"] == [2, 2, 2]
 

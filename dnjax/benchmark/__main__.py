@@ -21,10 +21,10 @@ import sys
 import jax
 from absl import app, flags
 
-from dnjax import config_lib
+from dnjax import config_files
 from dnjax.benchmark import table
 
-_CONFIG = config_lib.ConfigFlag("config", "FILE[:ARG]: the config file, e.g. configs/cifar_densenet.py.")
+_CONFIG = config_files.ConfigFlag("config", "FILE[:ARG]: the config file, e.g. configs/cifar_densenet.py.")
 _TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference (needs the torch extra).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per framework.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per framework before timing.")

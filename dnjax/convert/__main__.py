@@ -18,13 +18,13 @@ from pathlib import Path
 
 from absl import app, flags
 
-from dnjax import config_lib
+from dnjax import config_files, config_lib
 
 _FRAMEWORKS = ("torchvision",)
 _MODEL = flags.DEFINE_string("model", None, "The network the weights belong to, e.g. densenet121.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "A state dict: .pth/.pt (needs torch), .safetensors or .npz.")
 _OUT = flags.DEFINE_string("out", None, "The workdir to create (must not exist or be empty).")
-_CONFIG = config_lib.ConfigFlag(
+_CONFIG = config_files.ConfigFlag(
     "config", "FILE[:ARG]: the run config the workdir gets (default: the ImageNet recipe of --model, in "
     "float32); its model.name is set to --model.")
 flags.mark_flags_as_required(["model", "weights", "out"])
@@ -69,9 +69,9 @@ def main(argv):
         if _CONFIG.value is None:
             # A model without an ImageNet recipe is refused by convert() with the supported list.
             imagenet = _MODEL.value in models.names(input_shape=models.IMAGENET_INPUT)
-            spec = f"{config_lib.repository_config('imagenet.py')}:{_MODEL.value if imagenet else ''}"
+            spec = f"{config_files.repository_config('imagenet.py')}:{_MODEL.value if imagenet else ''}"
             # torchvision's published accuracies are float32 figures
-            config = config_lib.load_config_file(spec, [("dtype", "float32")])
+            config = config_files.load_config_file(spec, [("dtype", "float32")])
         else:
             config = _CONFIG.value
         out = convert(_MODEL.value, _WEIGHTS.value, _OUT.value, config)

@@ -15,11 +15,11 @@ from dnjax.data import npz
 from dnjax.data.base import (
     DataError,
     DatasetInfo,
+    DataSpec,
     Split,
     apply_fraction,
     apply_limit,
     check_label_range,
-    DataSpec,
     validate_split,
 )
 from dnjax.data.choices import (

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from dnjax import knobs, published
-from dnjax.models import GENERIC, ZOO, field_types, get_model, summary
+from dnjax.models import GENERIC, ZOO, built_fields, field_types, get_model, summary
 from dnjax.units import human
 
 
@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num_classes", type=int, help="the classifier's classes (default: the network's own)")
     parser.epilog = ("--config.model.FIELD=VALUE sets a field of the networks shown, as in a run "
                      "(python -m dnjax.main); they are marked * in the table.")
-    from dnjax import config_lib
+    from dnjax import config_files, config_lib
 
-    overrides, rest = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
+    overrides, rest = config_files.split_overrides(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(rest)
     names = args.only or [n for n in ZOO if n not in GENERIC]
     for n in names:
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         for t in table:
             print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
     for n, given in fields.items():
-        built = ", ".join(f"{k}={v!r}" for k, v in config_lib.model_fields(n, given).items())
+        built = ", ".join(f"{k}={v!r}" for k, v in built_fields(n, **given).items())
         print(f"{n}*: {built}")
     return 0
 
