@@ -25,14 +25,12 @@ import sys
 import traceback
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from dnjax import config_files, config_lib
 from dnjax.exits import ExitStatus, arm_shutdown_deadline, exit_bounded, exit_now
 from dnjax.storage import STORAGE_TIMEOUT_SECONDS
 
-# New fields are let in for config.model, whose other fields config_lib.parse_flags checks.
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py",
-                                          lock_config=False, accept_new_attributes=True)
+_CONFIG = config_files.ConfigFlag("config", "FILE[:ARG]: the config file, e.g. configs/quickstart.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the saved config.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
@@ -105,13 +103,13 @@ def main(argv):
     initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _HEARTBEAT.value)
 
-    from dnjax import config_lib, train
+    from dnjax import train
     from dnjax.data import DataError
     from dnjax.runtime.checkpoints import CheckpointError
     from dnjax.runtime.workdir import WorkdirError
 
     try:
-        result = train.train_and_evaluate(config_lib.flag_config(_CONFIG), _WORKDIR.value, _ACCEPT.value,
+        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ACCEPT.value,
                                           _LEASE.value, _STORAGE_TIMEOUT.value)
     except (config_lib.ConfigError, DataError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -155,14 +153,8 @@ def main(argv):
     return ExitStatus.OK
 
 
-def _exit(code: int) -> None:
-    exit_bounded(code)  # no library thread left waiting on a failed store keeps the process alive
-
-
 def run():
-    from dnjax import config_lib
-
-    app.run(lambda argv: _exit(main(argv)), flags_parser=config_lib.parse_flags)
+    app.run(lambda argv: exit_bounded(main(argv)), flags_parser=_CONFIG.parse)
 
 
 if __name__ == "__main__":

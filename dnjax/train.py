@@ -197,11 +197,12 @@ def all_finite(tree) -> jax.Array:
 
 class Setup:
     """Everything a run needs, built from its config: data source, mesh, schedule, model,
-    optimizer and the jitted steps. Nothing is written anywhere, and the config is not changed."""
+    optimizer and the jitted steps. Nothing is written anywhere. ``self.config`` is the config
+    completed with every field of its network (``config_lib.complete``), as the run saves it."""
 
     def __init__(self, config: ml_collections.ConfigDict):
         config_lib.validate(config)
-        self.config = config
+        self.config = config = config_lib.complete(config)
         self.is_main = jax.process_index() == 0
         compilation.use_cache(config.compilation_cache_dir)
 
@@ -226,7 +227,7 @@ class Setup:
             model=self.model, tx=self.tx, schedule=self.schedule, mean=tuple(self.info.mean),
             std=tuple(self.info.std), augment=bool(d.augment), pad=int(d.pad), flip=bool(d.flip),
             seed=int(config.seed), num_classes=self.info.num_classes,
-            resize=None if config.data.dataset in STREAMED_DATASETS else config.data.get("resize"),
+            resize=None if config.data.dataset in STREAMED_DATASETS else config.data.resize,
         )
         self.train_step, self.eval_step = compile_steps(self.ctx, self.source)
         self._all_finite = jax.jit(all_finite)
@@ -325,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 def _train(setup: Setup, run: Run) -> RunResult:
     cfg, sched = setup.config, setup.sched
     state, step = run.state, run.start
-    progress = _Progress(sched.total_steps, step, enabled=setup.is_main and cfg.progress_bar)
+    progress = _Progress(sched.total_steps, step, bar=cfg.progress_bar, enabled=setup.is_main)
     rate = _Throughput(step, cfg.batch_size)
     batches = setup.source.train_batches(step)
     last_eval: dict[str, float] = {}
@@ -344,7 +345,7 @@ def _train(setup: Setup, run: Run) -> RunResult:
                 m = _checked_metrics(setup, run, state, metrics, step, epoch)
                 m["img_per_s"] = rate.since_last(step)
                 run.log("train", step, epoch=round(epoch, 4), **m)
-                progress.show(loss=f"{m['loss']:.3f}", img_s=f"{m['img_per_s']:.0f}")
+                progress.show(step, loss=f"{m['loss']:.3f}", img_s=f"{m['img_per_s']:.0f}")
             if evaluate:
                 last_eval = setup.evaluate(state)
                 run.log("eval", step, epoch=round(epoch, 4), **last_eval)
@@ -394,11 +395,12 @@ class _Throughput:
 
 
 class _Progress:
-    """A tqdm bar on process 0 (``config.progress_bar``); without one, messages go to the log."""
+    """A tqdm bar on process 0 (``config.progress_bar``); without one, a log line for each logged
+    step and each message."""
 
-    def __init__(self, total: int, initial: int, *, enabled: bool):
-        self.bar = None
-        if enabled:
+    def __init__(self, total: int, initial: int, *, bar: bool, enabled: bool):
+        self.bar, self.total, self.enabled = None, total, enabled
+        if bar and enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
@@ -407,9 +409,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(1)
 
-    def show(self, **values: str) -> None:
+    def show(self, step: int, **values: str) -> None:
         if self.bar is not None:
             self.bar.set_postfix(**values)
+        elif self.enabled:
+            log.info("step %d/%d: %s", step, self.total, ", ".join(f"{k} {v}" for k, v in values.items()))
 
     def message(self, text: str) -> None:
         self.bar.write(text) if self.bar is not None else log.info(text)
@@ -417,4 +421,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-            self.bar = None

@@ -86,10 +86,10 @@ def network_size(config) -> tuple[int, int]:
 def config_of_run(run: StudyRun):
     """The config a run would train with, from its config file and overrides (no workdir needed),
     loaded as ``dnjax.main`` loads it."""
-    from dnjax import config_lib
+    from dnjax import config_files
 
     spec = str(REPO / run.config)  # the studies name config files from the repository root
-    return config_lib.load_config_file(spec, [*run.overrides, ("seed", run.seed)])
+    return config_files.load_config_file(spec, [*run.overrides, ("seed", run.seed)])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ paste any of them, and passes the tool's own checks. Nothing here trains or init
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.metadata
 import importlib.util
@@ -227,14 +226,14 @@ def test_every_python_module_the_docs_run_exists(monkeypatch):
 
 @functools.lru_cache(maxsize=None)
 def _config(spec: str):
-    from dnjax import config_lib
+    from dnjax import config_files
 
     path, _, arg = spec.partition(":")
-    return config_lib.load_config_file(str(REPO / path) + (f":{arg}" if arg else ""))
+    return config_files.load_config_file(str(REPO / path) + (f":{arg}" if arg else ""))
 
 
 def test_every_documented_command_loads_its_config_and_overrides_only_existing_fields():
-    from dnjax import config_lib
+    from dnjax import config_files, config_lib
 
     loaded = overrides = skipped = 0
     for page, module, args in _commands():
@@ -257,7 +256,7 @@ def test_every_documented_command_loads_its_config_and_overrides_only_existing_f
         # Overrides of placeholder fields (--config.FIELD=VALUE) name no field to check.
         real = [a for a in given if not any(PLACEHOLDER.fullmatch(p) for p in a[len("--config."):].split("=")[0].split("."))]
         try:
-            config_lib.check_overrides(config, real)
+            config_lib.override(config, config_files.split_overrides(real)[0])
         except config_lib.ConfigError as e:
             raise AssertionError(f"{where}: {e}") from None
         loaded += 1
@@ -269,26 +268,10 @@ def test_every_documented_command_loads_its_config_and_overrides_only_existing_f
 
 
 def _built(config, overrides: list[str]):
-    """The config of ``--config.FIELD=VALUE`` overrides as the command line builds it: a field of
-    the config file parsed to its type, a field of the chosen network typed by the network."""
-    from dnjax import config_lib
+    """The config of ``--config.FIELD=VALUE`` overrides as the command line builds it."""
+    from dnjax import config_files, config_lib
 
-    config = copy.deepcopy(config)  # the loaded file's config is shared (cached); keeps field types
-    network = []
-    for arg in overrides:
-        path, _, text = arg[len("--config."):].partition("=")
-        *parents, leaf = path.split(".")
-        node = config
-        for p in parents:
-            node = node[p] if p in node else None
-            if node is None:
-                break
-        if node is None or leaf not in node:
-            network.append((path, text))  # a field of the chosen network, typed by it
-            continue
-        kind = node.get_type(leaf)
-        node[leaf] = config_lib._parse_text(text, kind) if kind is not str else text
-    return config_lib.apply_overrides(config, network)
+    return config_lib.override(config, config_files.split_overrides(overrides)[0])
 
 
 def test_every_documented_training_command_passes_the_tools_own_checks():

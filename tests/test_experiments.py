@@ -21,37 +21,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnjax import config_lib, published
+from dnjax import config_files, config_lib, published
 from experiments import feature_reuse, plots, report, run, studies
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def config_from_args(args: list[str]):
-    """Builds the config a ``dnjax.main`` argument list describes, the way config_flags would:
-    the config file with its argument, then each --config.KEY=VALUE parsed to the field's type
-    (a model field the file does not set: to the type the network gives it)."""
-    from dnjax import config_lib
+    """Builds the config a ``dnjax.main`` argument list describes, as the command line does: the
+    config file with its argument, then each --config.FIELD=VALUE typed by the field."""
 
-    flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--"))
-    spec = flags.pop("config")
-    assert (REPO / spec.partition(":")[0]).is_file(), spec
-    config = config_lib.load_config_file(spec)
-    flags.pop("workdir")
-    for key, text in flags.items():
-        assert key.startswith("config."), key
-        path = key.removeprefix("config.")
-        *parents, leaf = path.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            config = config_lib.apply_overrides(config, [(path, text)])  # a model field, typed by the network
-            continue
-        kind = node.get_type(leaf)  # for a placeholder, the type it was declared with
-        value = {"True": True, "False": False}[text] if kind is bool else kind(text)
-        node[leaf] = value
-    return config
+    overrides, rest = config_files.split_overrides(args)
+    flags = dict(a[2:].split("=", 1) for a in rest if a.startswith("--"))
+    assert set(flags) == {"config", "workdir"}, flags
+    assert (REPO / flags["config"].partition(":")[0]).is_file(), flags["config"]
+    return config_files.load_config_file(flags["config"], overrides)
 
 
 def print_lines(capsys, *argv) -> list[str]:

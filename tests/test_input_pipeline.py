@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -18,21 +19,11 @@ from dnjax.data import order
 CIFAR10_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
 
 
-def data_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(
-        {
-            "dataset": "digits",
-            "data_dir": None,
-            "npz_train": None,
-            "npz_test": None,
-            "num_classes": None,
-            "normalization": "mean_std",
-            "train_limit": None,
-            "test_limit": None,
-        }
-    )
-    c.update(overrides)
-    return c
+def data_config(**fields) -> ip.DataSpec:
+    """The data spec of configs/default.py on the bundled digits, with ``fields`` changed."""
+    from configs import default
+
+    return dataclasses.replace(ip.DataSpec.of(default.get_config().data), **{"dataset": "digits", **fields})
 
 
 def run_config(**data_fields) -> ml_collections.ConfigDict:
@@ -341,8 +332,7 @@ def test_npz_missing_arrays(tmp_path):
 
 
 def test_npz_missing_file(tmp_path):
-    config = npz_config(tmp_path, good_train())
-    config.npz_test = str(tmp_path / "absent.npz")
+    config = dataclasses.replace(npz_config(tmp_path, good_train()), npz_test=str(tmp_path / "absent.npz"))
     with pytest.raises(ip.DataError, match="npz_test.*absent.npz.*does not exist"):
         ip.load_in_memory(config)
 
@@ -383,9 +373,8 @@ def test_npz_labels_not_integers(tmp_path):
 
 
 def test_npz_not_an_npz_file(tmp_path):
-    config = npz_config(tmp_path, good_train())
     (tmp_path / "garbage.npz").write_text("not a zip file")
-    config.npz_train = str(tmp_path / "garbage.npz")
+    config = dataclasses.replace(npz_config(tmp_path, good_train()), npz_train=str(tmp_path / "garbage.npz"))
     with pytest.raises(ip.DataError, match="garbage.npz"):
         ip.load_in_memory(config)
 
@@ -586,10 +575,10 @@ def test_imagenet_transforms_on_synthetic_images():
 def test_imagenet_loader_with_mock_data_resumes_and_shards():
     import tensorflow_datasets as tfds
 
-    config = data_config(dataset="imagenet2012")
+    config = data_config(dataset="imagenet2012", image_size=32)
     with tfds.testing.mock_data(num_examples=10):
         def loader(**kw):
-            args = dict(split="train", global_batch=4, seed=0, process_index=0, process_count=2, image_size=32)
+            args = dict(split="train", global_batch=4, seed=0, process_index=0, process_count=2)
             args.update(kw)
             return ip.make_imagenet_loader(config, **args)
 
@@ -629,7 +618,7 @@ def test_imagenet_loader_with_mock_data_resumes_and_shards():
         key = lambda arr: sorted(x.tobytes() for x in arr)
         assert key(np.concatenate([images0, images1])) == key(images_all)
 
-        info = ip.imagenet_info(config, image_size=32)
+        info = ip.imagenet_info(config)
         assert info.num_classes == 1000 and info.num_train == 10 and info.image_shape == (32, 32, 3)
 
 

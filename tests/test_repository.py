@@ -59,9 +59,9 @@ def test_every_config_file_loads_by_absolute_path_from_another_directory(tmp_pat
     assert len(CONFIG_FILES) >= 8 and not any(p.endswith(("common.py", "__init__.py")) for p in CONFIG_FILES)
     code = (
         "import sys; sys.modules['experiments'] = None\n"
-        "from dnjax import config_lib\n"
+        "from dnjax import config_files, config_lib\n"
         f"for p in {CONFIG_FILES!r}:\n"
-        "    c = config_lib.load_config_file(p)\n"
+        "    c = config_files.load_config_file(p)\n"
         "    config_lib.validate(c)\n"
         "    print(c.model.name)\n"
     )
@@ -126,8 +126,8 @@ FLOORS = (
      "dnjax.published", "dnjax.units"),
     # 1: the networks and the input pipelines
     ("dnjax.models", "dnjax.data"),
-    # 2: what a run is configured with, and what it logs
-    ("dnjax.config_lib", "dnjax.logs"),
+    # 2: what a run is configured with (its knobs, their checks, config files), and what it logs
+    ("dnjax.knobs", "dnjax.config_lib", "dnjax.config_files", "dnjax.logs"),
     # 3: a run's lifecycle in its workdir: lock, checkpoints, resume, deadlines, signals
     ("dnjax.runtime",),
     # 4: the training loop
@@ -225,10 +225,10 @@ def test_a_run_on_in_memory_data_imports_neither_grain_nor_tensorflow_datasets()
 
 @pytest.mark.parametrize("name", ["DATASETS", "NORMALIZATIONS"])
 def test_config_checks_and_loaders_share_one_list_of_choices(name):
-    from dnjax import config_lib
+    from dnjax import knobs
     from dnjax.data import choices
 
-    assert getattr(config_lib, name) is getattr(choices, name)
+    assert getattr(knobs, name) is getattr(choices, name)
     from dnjax.models import common
 
-    assert config_lib.DTYPES is common.DTYPES and "float16" not in common.DTYPES
+    assert knobs.DTYPES is common.DTYPES and "float16" not in common.DTYPES

@@ -247,14 +247,72 @@ def test_a_config_json_of_the_earlier_layout_reads_as_the_same_config():
     saved["model"] = {**{k: None for k in family_fields}, **saved["model"]}
     for field in ("halt_after_steps", "init_from", "profile_steps"):  # fields added since
         del saved[field]
-    changes = config_lib.config_changes(saved, config)
-    assert sorted(changes) == ["halt_after_steps", "profile_steps"]  # absent then: free to change
-    assert config_lib.resume_policy(changes, finished=False)[1] == {}
+    # Both sides are read completed: the knobs added since at the values they stood for, the
+    # network with every field.
+    assert config_lib.config_changes(saved, config) == {}
     loaded = config_lib.from_json(saved)
     assert loaded.model.to_dict() == {"name": "densenet_bc100_k12", "dropout_rate": 0.2}
     assert (loaded.halt_after_steps, loaded.init_from, loaded.profile_steps) == (-1, None, "")
     assert config_lib.model_overrides(loaded) == config_lib.model_overrides(config) == {"dropout_rate": 0.2}
     assert loaded.optim.decay_at == (0.5, 0.75)  # JSON lists read back as tuples
+
+
+def test_a_run_record_rebuilds_its_network_whatever_the_presets_say_later(monkeypatch):
+    """config.json holds every field of the network: editing the zoo's preset later does not
+    change what an old workdir rebuilds; a record that names only the preset would follow it."""
+    import dataclasses
+    import functools
+
+    from configs import cifar_densenet
+    from dnjax import models
+    from dnjax.models import densenet, summary
+
+    config = config_lib.complete(cifar_densenet.get_config("densenet_bc100_k12,c100+"))
+    saved = json.loads(config.to_json_best_effort())
+    assert {k: saved["model"][k] for k in ("depth", "growth_rate", "bottleneck", "compression")} == {
+        "depth": 100, "growth_rate": 12, "bottleneck": True, "compression": 0.5}
+    assert sorted(saved["model"]) == sorted(["name", *models.field_types("densenet_bc100_k12")])
+    params = lambda c: summary.describe(config_lib.build_model(c, 100), (32, 32, 3))["params"]
+    before = params(config_lib.from_json(saved))
+    entry = models.ZOO["densenet_bc100_k12"]
+    edited = functools.partial(densenet.densenet_cifar, depth=40, growth_rate=24, bottleneck=True, compression=0.5)
+    monkeypatch.setitem(models.ZOO, "densenet_bc100_k12", dataclasses.replace(entry, factory=edited))
+    assert params(config_lib.from_json(saved)) == before
+    assert params(config_lib.from_json(dict(saved, model={"name": "densenet_bc100_k12"}))) != before
+
+
+def test_a_workdir_of_the_earlier_record_layout_resumes_and_evaluates(tmp_path, reference_run, cache):
+    """A config.json that names the network and only the fields its config set (the layout before
+    runs recorded every field), and lacks knobs added since, evaluates and resumes: no change is
+    refused, and the resumed run records every field again."""
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(reference_run, workdir)
+    path = workdir / "config.json"
+    saved = json.loads(path.read_text())
+    assert saved["model"]["growth_rate"] == 4 and saved["model"]["block_sizes"] == [2, 2, 2]
+    saved["model"] = {"name": saved["model"]["name"]}
+    del saved["halt_after_steps"], saved["data"]["subset_seed"]
+    path.write_text(json.dumps(saved))
+    r = subprocess.run([sys.executable, "-m", "dnjax.evaluate", f"--workdir={workdir}", "--json"],
+                       cwd=runs.REPO, env=runs.env(1), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    final = list(logs.records(reference_run, "final"))[-1]
+    assert json.loads(r.stdout.splitlines()[-1])["test_error"] == pytest.approx(final["test_error"], abs=1e-6)
+    r = runs.run_main(workdir, "--config.num_train_steps=8", cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert "Finished 8 steps" in r.stdout and "num_train_steps: 6 -> 8" in r.stderr
+    # The start names the network, its parameters and the steps; without a progress bar
+    # (progress_bar=False) each logged step shows its loss.
+    from dnjax.models import summary
+
+    params = summary.describe(config_lib.build_model(config_lib.from_json(saved), 10), (8, 8, 1))["params"]
+    assert (f"densenet_bc_tiny (densenet_bc), {params:,} parameters, on digits (1,437 training images): 8 steps, "
+            "0.09 epochs of 89 steps of 16 images") in r.stderr
+    assert "step 8/8: loss " in r.stderr
+    assert "model." not in r.stderr.split("changed settings")[-1].split("\n\n")[0]
+    assert json.loads(path.read_text())["model"]["block_sizes"] == [2, 2, 2]
 
 
 def test_batch_not_divisible_by_devices(tmp_path, cache):
@@ -275,7 +333,7 @@ def test_workdir_of_a_different_model_is_refused_untouched(tmp_path, cache):
     before = _snapshot(workdir)
     r = runs.run_main(workdir, "--config.num_train_steps=4", "--config.model.growth_rate=6", cache=cache)
     assert r.returncode == 3
-    assert "model.growth_rate: None -> 6" in r.stderr and "growth_rate" not in r.stdout
+    assert "model.growth_rate: 4 -> 6" in r.stderr and "growth_rate" not in r.stdout
     assert "--workdir" in r.stderr
     assert _snapshot(workdir) == before
     # accepting the change does not make the other model's weights fit

@@ -20,14 +20,12 @@ import sys
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from dnjax import config_lib
+from dnjax import config_files
 from dnjax.benchmark import table
 from dnjax.exits import ExitStatus
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar_densenet.py",
-                                          lock_config=False, accept_new_attributes=True)
+_CONFIG = config_files.ConfigFlag("config", "FILE[:ARG]: the config file, e.g. configs/cifar_densenet.py.")
 _TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference (needs the torch extra).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per framework.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per framework before timing.")
@@ -79,7 +77,7 @@ def main(argv) -> int:
     from dnjax.benchmark import measure
     from dnjax.runtime import compilation
 
-    config = config_lib.flag_config(_CONFIG)
+    config = _CONFIG.value
     if _CACHE.value:
         compilation.use_cache(config.compilation_cache_dir)
     options = parse_options(_VARIANT.value)
@@ -107,4 +105,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_CONFIG.parse)

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dnjax import config_lib, models, sharding, train
+from dnjax import config_files, config_lib, models, sharding, train
 from dnjax.benchmark import accelerator
 from dnjax.models import summary
 
@@ -51,7 +51,7 @@ def recipe(spec: str = RECIPE) -> ml_collections.ConfigDict:
         raise config_lib.ConfigError(
             f"--config={spec}: {path} is not a file; run from the repository root or give the path "
             f"of the config file, e.g. --config=/path/to/dnjax/{RECIPE}")
-    return config_lib.load_config_file(spec)
+    return config_files.load_config_file(spec)
 
 
 # The model fields a recipe sets for its data set rather than for its network (C10 and C100:

@@ -17,19 +17,17 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from dnjax import config_files, config_lib
 from dnjax.exits import ExitStatus
 
 _FRAMEWORKS = ("torchvision",)
 _MODEL = flags.DEFINE_string("model", None, "The network the weights belong to, e.g. densenet121.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "A state dict: .pth/.pt (needs torch), .safetensors or .npz.")
 _OUT = flags.DEFINE_string("out", None, "The workdir to create (must not exist or be empty).")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None,
-    "The run config the workdir gets (default: the ImageNet recipe of --model, in float32); its "
-    "model.name is set to --model.", lock_config=False, accept_new_attributes=True,
-)
+_CONFIG = config_files.ConfigFlag(
+    "config", "FILE[:ARG]: the run config the workdir gets (default: the ImageNet recipe of --model, in "
+    "float32); its model.name is set to --model.")
 flags.mark_flags_as_required(["model", "weights", "out"])
 
 
@@ -65,18 +63,18 @@ def main(argv):
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("absl", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from dnjax import config_lib, models
+    from dnjax import models
     from dnjax.convert import ConversionError
 
     try:
         if _CONFIG.value is None:
             # A model without an ImageNet recipe is refused by convert() with the supported list.
             imagenet = _MODEL.value in models.names(input_shape=models.IMAGENET_INPUT)
-            spec = f"{config_lib.repository_config('imagenet.py')}:{_MODEL.value if imagenet else ''}"
+            spec = f"{config_files.repository_config('imagenet.py')}:{_MODEL.value if imagenet else ''}"
             # torchvision's published accuracies are float32 figures
-            config = config_lib.load_config_file(spec, [("dtype", "float32")])
+            config = config_files.load_config_file(spec, [("dtype", "float32")])
         else:
-            config = config_lib.flag_config(_CONFIG)
+            config = _CONFIG.value
         out = convert(_MODEL.value, _WEIGHTS.value, _OUT.value, config)
     except (ConversionError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -87,6 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from dnjax import config_lib
-
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_CONFIG.parse)

@@ -2,7 +2,7 @@
 
 ==================  ==========================================================================
 ``choices``         the data sets, normalisations and class counts a run can choose
-``base``            :class:`DataError`, :class:`Split`, :class:`DatasetInfo` and the data checks
+``base``            :class:`DataError`, :class:`DataSpec`, :class:`Split`, :class:`DatasetInfo`, checks
 ``in_memory``       :func:`load_in_memory`: digits, npz, CIFAR-10/100, SVHN read into host memory
 ``npz``             npz splits from several files or globs, with a selectable label array
 ``tfds``            ``tfds.data_source`` reading and its "prepare it like this" messages
@@ -18,7 +18,7 @@ ImageNet (``tfds``, ``imagenet``); a run on npz or digits data imports neither. 
 """
 
 from dnjax.data.augmentation import augment, normalize, resize
-from dnjax.data.base import DataError, DatasetInfo, Split
+from dnjax.data.base import DataError, DatasetInfo, DataSpec, Split
 from dnjax.data.choices import DATASETS, IN_MEMORY_DATASETS, NORMALIZATIONS, NUM_CLASSES, STREAMED_DATASETS
 from dnjax.data.in_memory import channel_mean_std, load_in_memory
 from dnjax.data.npz import npz_paths
@@ -43,7 +43,7 @@ def __getattr__(name):
 
 __all__ = [
     "DATASETS", "IN_MEMORY_DATASETS", "NORMALIZATIONS", "NUM_CLASSES", "STREAMED_DATASETS",
-    "DataError", "DatasetInfo", "Split", "augment", "channel_mean_std", "epoch_permutation",
+    "DataError", "DataSpec", "DatasetInfo", "Split", "augment", "channel_mean_std", "epoch_permutation",
     "eval_batches", "load_in_memory", "normalize", "npz_paths", "resize", "steps_per_epoch",
     "train_batch_indices", *_LAZY,
 ]

@@ -41,14 +41,33 @@ class DatasetInfo:
     std: tuple[float, ...]
 
 
-def config_value(data_config: Any, name: str, default: Any = None) -> Any:
-    """A data config field as given (``config_lib.validate`` checks the values), or ``default``
-    where the config does not define it or leaves it at None."""
-    try:
-        value = data_config[name]
-    except (KeyError, AttributeError, TypeError):
-        value = getattr(data_config, name, default)
-    return default if value is None else value
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What the data package reads of a run's config: its ``config.data`` fields, taken from a
+    validated config (``DataSpec.of(config.data)``; ``dnjax.knobs`` declares each field, its
+    default and valid values). No field has a default here."""
+
+    dataset: str
+    data_dir: str | None
+    npz_train: str | None
+    npz_test: str | None
+    npz_label: str
+    num_classes: int | None
+    normalization: str
+    resize: int | None
+    augment: bool
+    pad: int
+    flip: bool
+    image_size: int
+    workers: int
+    train_limit: int | None
+    test_limit: int | None
+    train_fraction: float | None
+    subset_seed: int | None
+
+    @classmethod
+    def of(cls, data_config: Any) -> "DataSpec":
+        return cls(**{f.name: data_config[f.name] for f in dataclasses.fields(cls)})
 
 
 def apply_limit(split: Split, limit: int | None) -> Split:
@@ -73,13 +92,12 @@ def subset_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
     return np.sort(np.concatenate(keep))
 
 
-def apply_fraction(split: Split, data_config) -> Split:
+def apply_fraction(split: Split, spec: DataSpec) -> Split:
     """The training split cut to ``data.train_fraction`` of every class, drawn with
-    ``data.subset_seed`` (:func:`subset_indices`); the whole split when the fraction is None."""
-    fraction = config_value(data_config, "train_fraction")
-    if fraction is None:
+    ``data.subset_seed`` (None: 0; :func:`subset_indices`); the whole split when the fraction is None."""
+    if spec.train_fraction is None:
         return split
-    idx = subset_indices(split.labels, fraction, config_value(data_config, "subset_seed", 0))
+    idx = subset_indices(split.labels, spec.train_fraction, spec.subset_seed or 0)
     return Split(images=split.images[idx], labels=split.labels[idx])
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from dnjax.data.base import DataError, DatasetInfo, config_value
+from dnjax.data.base import DataError, DatasetInfo, DataSpec
 from dnjax.data.choices import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, STREAMED_DATASETS, TFDS_SPLITS
 from dnjax.data.tfds import open_tfds_source
 
@@ -201,16 +201,14 @@ class _ImageNetEval(grain.transforms.Map):
 
 
 def make_imagenet_loader(
-    data_config,
+    spec: DataSpec,
     *,
     split: str,
     global_batch: int,
     seed: int,
     process_index: int,
     process_count: int,
-    image_size: int = 224,
     train: bool = True,
-    worker_count: int = 0,
 ):
     """A grain DataLoader over ``tfds.data_source('imagenet2012', split=split)``.
 
@@ -223,7 +221,8 @@ def make_imagenet_loader(
 
     ``iter(loader)`` gives a grain iterator with ``get_state()``/``set_state()`` (and
     ``grain.checkpoint.CheckpointSave``/``CheckpointRestore``): a restored iterator continues at
-    the next batch. ``worker_count`` > 0 decodes in that many child processes.
+    the next batch. ``spec.workers`` > 0 decodes in that many child processes; images are cropped to
+    ``spec.image_size``.
     """
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
@@ -233,12 +232,12 @@ def make_imagenet_loader(
             f"processes ({process_count})."
         )
     per_process = global_batch // process_count
-    name = config_value(data_config, "dataset", "imagenet2012")
+    name = spec.dataset
     if name not in STREAMED_DATASETS:
         raise DataError(f"make_imagenet_loader streams {STREAMED_DATASETS}, not {name!r}.")
-    source = open_tfds_source(name, split, config_value(data_config, "data_dir"))
+    source = open_tfds_source(name, split, spec.data_dir)
     n = len(source)
-    limit = config_value(data_config, "train_limit" if train else "test_limit")
+    limit = spec.train_limit if train else spec.test_limit
     if limit is not None:
         n = min(n, limit)
     if n == 0:
@@ -255,17 +254,17 @@ def make_imagenet_loader(
         sampler = grain.samplers.IndexSampler(
             num_records=n, shuffle=True, num_epochs=None, seed=int(seed)
         )
-        operations = [_ImageNetTrain(image_size), grain.transforms.Batch(per_process, drop_remainder=True)]
+        operations = [_ImageNetTrain(spec.image_size), grain.transforms.Batch(per_process, drop_remainder=True)]
     else:
         padded = -(-n // global_batch) * global_batch
         records = _LabelledSource(_Truncated(source, n), padded)
         sampler = grain.samplers.IndexSampler(num_records=padded, shuffle=False, num_epochs=1)
-        operations = [_ImageNetEval(image_size), grain.transforms.Batch(per_process, drop_remainder=False)]
+        operations = [_ImageNetEval(spec.image_size), grain.transforms.Batch(per_process, drop_remainder=False)]
     return grain.DataLoader(
         data_source=records,
         sampler=sampler,
         operations=operations,
-        worker_count=worker_count,
+        worker_count=spec.workers,
         shard_options=shard,
     )
 
@@ -289,15 +288,14 @@ class _Truncated:
         return self._source[index]
 
 
-def imagenet_info(data_config, *, image_size: int = 224) -> DatasetInfo:
-    """The :class:`DatasetInfo` of the streamed data set (mean and std on the 0..255 scale)."""
-    name = config_value(data_config, "dataset", "imagenet2012")
-    data_dir = config_value(data_config, "data_dir")
+def imagenet_info(spec: DataSpec) -> DatasetInfo:
+    """The :class:`DatasetInfo` of the streamed data set, cropped to ``spec.image_size`` (mean and
+    std on the 0..255 scale)."""
+    name, data_dir, image_size = spec.dataset, spec.data_dir, spec.image_size
     train_split, test_split = TFDS_SPLITS[name]
     num_train = len(open_tfds_source(name, train_split, data_dir))
     num_test = len(open_tfds_source(name, test_split, data_dir))
-    train_limit = config_value(data_config, "train_limit")
-    test_limit = config_value(data_config, "test_limit")
+    train_limit, test_limit = spec.train_limit, spec.test_limit
     return DatasetInfo(
         name=name,
         num_classes=NUM_CLASSES[name],

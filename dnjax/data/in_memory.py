@@ -15,11 +15,11 @@ from dnjax.data import npz
 from dnjax.data.base import (
     DataError,
     DatasetInfo,
+    DataSpec,
     Split,
     apply_fraction,
     apply_limit,
     check_label_range,
-    config_value,
     validate_split,
 )
 from dnjax.data.choices import (
@@ -36,31 +36,28 @@ log = logging.getLogger("dnjax")
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 
-def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
+def load_in_memory(spec: DataSpec) -> tuple[Split, Split, DatasetInfo]:
     """Reads the configured data set into host memory and validates it.
 
-    Returns the training split, the test split and a :class:`DatasetInfo`. The config's values are
+    Returns the training split, the test split and a :class:`DatasetInfo`. The spec's values are
     taken as given (``dnjax.config_lib.validate`` checks them); the data is checked here: a
     :class:`DataError` for anything in it that would make training fail or silently wrong.
     """
-    name = config_value(data_config, "dataset")
+    name = spec.dataset
     if name in STREAMED_DATASETS:
         raise DataError(
             f"data.dataset={name!r} does not fit in memory; it is streamed with "
             "dnjax.data.imagenet.make_imagenet_loader."
         )
-    normalization = config_value(data_config, "normalization", "mean_std")
-    train_limit = config_value(data_config, "train_limit")
-    test_limit = config_value(data_config, "test_limit")
+    normalization, train_limit, test_limit = spec.normalization, spec.train_limit, spec.test_limit
 
     if name == "digits":
         train, test = _load_digits()
         sources = ("scikit-learn digits (train part)", "scikit-learn digits (test part)")
         fixed_classes = NUM_CLASSES[name]
     elif name == "npz":
-        label_key = config_value(data_config, "npz_label", "label")
         npz_parts = {
-            field: npz.load_parts(config_value(data_config, field), field, label_key, limit)
+            field: npz.load_parts(getattr(spec, field), field, spec.npz_label, limit)
             for field, limit in (("npz_train", train_limit), ("npz_test", test_limit))
         }
         train = npz.concat_parts(npz_parts["npz_train"])
@@ -70,7 +67,7 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     else:
         from dnjax.data import tfds
 
-        data_dir = config_value(data_config, "data_dir")
+        data_dir = spec.data_dir
         train_name, test_name = TFDS_SPLITS[name]
         train = tfds.load_split(name, train_name, data_dir, train_limit)
         test = tfds.load_split(name, test_name, data_dir, test_limit)
@@ -81,7 +78,7 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     test = apply_limit(test, test_limit)
     validate_split(train, sources[0])
     validate_split(test, sources[1])
-    train = apply_fraction(train, data_config)
+    train = apply_fraction(train, spec)
     if train.images.shape[1:] != test.images.shape[1:]:
         raise DataError(
             f"The training images ({sources[0]}) are {train.images.shape[1:]} (H, W, C) but the "
@@ -89,16 +86,16 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
             "same image shape."
         )
 
-    pad = config_value(data_config, "pad", 0)
+    pad = spec.pad
     height, width = train.images.shape[1:3]
-    if config_value(data_config, "augment", False) and pad > min(height, width):
+    if spec.augment and pad > min(height, width):
         raise DataError(
             f"data.pad={pad} is larger than the {height}x{width} images: the random crops would "
             f"be mostly padding. Use at most {min(height, width)} (the CIFAR recipe pads 32x32 "
             "images by 4)."
         )
 
-    num_classes = _num_classes(data_config, fixed_classes, train, name)
+    num_classes = _num_classes(spec, fixed_classes, train, name)
     if name == "npz":  # name the part (file and array) that holds a bad label
         for field, parts in npz_parts.items():
             for part in parts:
@@ -137,10 +134,10 @@ def load_in_memory(data_config) -> tuple[Split, Split, DatasetInfo]:
     return train, test, info
 
 
-def _num_classes(data_config, fixed: int | None, train: Split, name: str) -> int:
+def _num_classes(spec: DataSpec, fixed: int | None, train: Split, name: str) -> int:
     """data.num_classes where it is set (it must agree with a data set's fixed class count), else
     the data set's own count, else one more than the largest training label (npz)."""
-    configured = config_value(data_config, "num_classes")
+    configured = spec.num_classes
     if configured is not None:
         if fixed is not None and configured != fixed:
             raise DataError(

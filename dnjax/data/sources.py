@@ -31,7 +31,7 @@ import numpy as np
 
 from dnjax import sharding
 from dnjax.data import augmentation as augment_lib, order
-from dnjax.data.base import DatasetInfo, Split
+from dnjax.data.base import DatasetInfo, DataSpec, Split
 from dnjax.data.choices import STREAMED_DATASETS
 
 
@@ -127,7 +127,8 @@ class Streamed:
 
         self._imagenet = imagenet
         self.config = config
-        self.info = imagenet.imagenet_info(config.data, image_size=config.data.image_size)
+        self.spec = DataSpec.of(config.data)
+        self.info = imagenet.imagenet_info(self.spec)
         self.batch_sharding = sharding.batch_sharded(mesh)
         self.replicated = sharding.replicated(mesh)
         bat = self.batch_sharding
@@ -138,9 +139,8 @@ class Streamed:
     def _loader(self, train: bool, batch_size: int):
         c = self.config
         return self._imagenet.make_imagenet_loader(
-            c.data, split="train" if train else "validation", global_batch=batch_size, seed=c.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            image_size=c.data.image_size, train=train, worker_count=c.data.workers,
+            self.spec, split="train" if train else "validation", global_batch=batch_size, seed=c.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(), train=train,
         )
 
     @property
@@ -186,8 +186,8 @@ def make_source(config, mesh) -> DataSource:
         return Streamed(config, mesh)
     from dnjax.data.in_memory import load_in_memory
 
-    train, test, info = load_in_memory(config.data)
-    size = config.data.get("resize")
+    train, test, info = load_in_memory(DataSpec.of(config.data))
+    size = config.data.resize
     if size:  # the steps enlarge the batches on the device: the model sees size x size images
         info = dataclasses.replace(info, image_shape=(size, size, info.image_shape[-1]))
     return DeviceResident(config, mesh, train, test, info)

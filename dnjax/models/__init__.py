@@ -211,6 +211,24 @@ def field_types(name: str) -> dict[str, type]:
     return {k: _field_type(*annotations[k]) for k in accepted_fields(factory) if k not in RUN_FIELDS}
 
 
+def built_fields(name: str, **overrides: Any) -> dict[str, Any]:
+    """Every field (``field_types``) of zoo network ``name`` built with ``overrides``, with its
+    value: the one given, else the module's own, else (a builder's argument such as ``depth``)
+    the builder's default. ``get_model(name, **built_fields(name, **overrides))`` builds the same
+    network whatever the entry's defaults are then."""
+    module = get_model(name, **overrides)
+    factory = ZOO[name].factory
+    fn = factory.func if isinstance(factory, functools.partial) else factory
+    arguments = {} if inspect.isclass(fn) else inspect.signature(factory).parameters
+    out = {}
+    for field in field_types(name):
+        value = overrides[field] if field in overrides else getattr(module, field, None)
+        if field not in overrides and not hasattr(module, field) and field in arguments:
+            value = arguments[field].default
+        out[field] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def get_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
     """Builds the zoo network ``name``; a bad name or field raises ValueError naming it."""
     if name not in ZOO:

@@ -133,6 +133,11 @@ class Run:
         with self._deadline.op(f"reading {self.workdir / logs.METRICS_FILE}"):
             self._log = logs.MetricsLog(self.workdir, resume_step=start if resumed else None,
                                         enabled=self.is_main)
+        params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+        epochs = round(sched.total_steps / sched.steps_per_epoch, 2)
+        log.info("%s, %s parameters, on %s (%s training images): %d steps, %g epoch%s of %d steps of %d images",
+                 _network(cfg), f"{params:,}", setup.info.name, f"{setup.info.num_train:,}", sched.total_steps,
+                 epochs, "" if epochs == 1 else "s", sched.steps_per_epoch, cfg.batch_size)
         if resumed:
             log.info("Resumed from %s at step %d", self.workdir / "checkpoints", start)
             self.log("event", start, event="resumed", provenance=provenance.collect())
@@ -141,7 +146,7 @@ class Run:
         else:
             self.log(
                 "event", 0, event="started", model=cfg.model.name,
-                params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+                params=params,
                 steps_per_epoch=sched.steps_per_epoch, total_steps=sched.total_steps,
                 devices=jax.device_count(), processes=jax.process_count(),
                 **(initial.start_event if initial is not None else {}), provenance=provenance.collect(),
@@ -293,3 +298,13 @@ def _quietly(close, *, raise_: bool) -> None:
             raise
         log.debug("While stopping, %s failed too: %s", getattr(close, "__qualname__", close),
                   str(e).splitlines()[0] if str(e) else e)
+
+
+def _network(cfg) -> str:
+    """The run's network as the console shows it: its zoo name and kind, e.g. 'densenet_cifar
+    (densenet_bc, depth 16)'."""
+    from dnjax import models
+
+    fields = {k: v for k, v in cfg.model.items() if k != "name" and v is not None}
+    depth = f", depth {fields['depth']}" if "depth" in fields else ""
+    return f"{cfg.model.name} ({models.variant(cfg.model.name, **fields)}{depth})"
