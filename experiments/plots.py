@@ -58,7 +58,7 @@ def _finish(fig, path: Path, log_axes=()) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -104,7 +104,7 @@ def curves_figure(results: Sequence["RunSummary"], title: str = ""):
     colors = _group_colors(shown)
     span = max([e for r in shown for e, _ in (r.train or r.evals)] or [1.0])
     window = _smoothing_window(span)
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 5.4 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
         ax_err, ax_loss = axes[row]
         settings: dict[str, list] = {}
@@ -144,7 +144,8 @@ def curves_figure(results: Sequence["RunSummary"], title: str = ""):
                     title=f"{dataset}: training loss{title}")
         for ax in (ax_err, ax_loss):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            # Under the axis: inside, the legend of several settings hides the curves.
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -156,15 +157,22 @@ def curves(results: Sequence["RunSummary"], path: Path, title: str = "") -> Path
 
 def _reference_lines(ax, results: Sequence["RunSummary"], colors: dict[str, str]) -> None:
     """A dotted line, in the run's colour, at the published final error of the full-size network
-    each shortened run stands in for (one line per network and figure)."""
+    each shortened run stands in for (one line per network and figure). A figure further from the
+    curves than their own span is named in the legend only, so that the curves keep the axis."""
     drawn: set[tuple[str, float]] = set()
+    low, high = ax.dataLim.y0, ax.dataLim.y1
+    span = max(high - low, 1.0)
     for r in results:
         ref = r.run.reference
         if ref is None or (r.run.stands_for, ref) in drawn:
             continue
         drawn.add((r.run.stands_for, ref))
-        ax.axhline(ref, color=colors[r.run.label], linestyle=":", linewidth=1.2,
-                   label=f"paper: {r.run.stands_for or r.run.label}, full schedule ({ref:.2f}%)")
+        label = f"paper: {r.run.stands_for or r.run.label}, full schedule ({ref:.2f}%"
+        if low - span <= ref <= high + span:
+            ax.axhline(ref, color=colors[r.run.label], linestyle=":", linewidth=1.2, label=label + ")")
+        else:
+            ax.plot([], [], color=colors[r.run.label], linestyle=":", linewidth=1.2,
+                    label=label + f", {'below' if ref < low else 'above'} the axis)")
 
 
 def _family_points(results, dataset: str, x_field: str):
@@ -268,13 +276,18 @@ def activation(results: Sequence["RunSummary"], path: Path, title: str = "") -> 
         ax.set_xticks([0, 1])
         ax.set_xticklabels(["pre-activation", "post-activation"], fontsize=8)
         ax.set_xlim(-0.5, 1.6)
-        ax.margins(y=0.25)
+        ax.margins(y=0.08)
         ax.set_xlabel(names[key], fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("final test error (%)")
     fig.suptitle(f"Pre- vs post-activation layers{title}", fontsize=10)
-    return _finish(fig, path)
+    # One legend under the panels: inside a panel it would hide the intervals' ends.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def data_efficiency(results: Sequence["RunSummary"], path: Path, title: str = "") -> Path | None:

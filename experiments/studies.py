@@ -479,7 +479,7 @@ def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None
             name,
             f"one small member of each family, {SAMPLE_EPOCHS:g} epochs on 10,000 CIFAR-10 images ({source}) "
             f"with the C10+ recipe whatever the study's data set, tested on {SAMPLE_TEST_IMAGES} test "
-            f"images, seeds {', '.join(map(str, SAMPLE_SEEDS))} where the study has several",
+            f"images, seeds {', '.join(map(str, SAMPLE_SEEDS))} where the study has several (or those --seeds names)",
             lambda r: _cifar10_sample(r, data_dir, table, any_seed),
         )
     if name == "cifar100-cpu":
@@ -487,7 +487,7 @@ def budget(name: str, data_dir: Path | str | None = None, stand_ins: dict | None
         return Budget(
             name,
             f"small networks of equal size, {C100_EPOCHS:g} epochs on the real CIFAR-100 ({source}) with the "
-            f"C100+ recipe, the whole test set every {C100_EVAL_EVERY:g} epoch, seed 0",
+            f"C100+ recipe, the whole test set every {C100_EVAL_EVERY:g} epoch, seed 0 (or those --seeds names)",
             lambda r: _cifar100_cpu(r, data_dir, table, any_seed),
         )
     raise ValueError(f"budget {name!r} is unknown; valid budgets are {', '.join(BUDGETS)}")
