@@ -7,6 +7,17 @@ import os
 import jax
 import pytest
 
+# What makes a test slow: it starts whole training runs in subprocesses (they share the compilation
+# cache ``cache``, or the runs below), a storage server, or the fault-injection suite. Such a test is
+# marked ``slow``, so that ``pytest -m "not slow"`` is the fast subset for the edit loop.
+SLOW_FIXTURES = {"cache", "reference_run", "uninterrupted", "gcs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("faults") or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def fast_compile():

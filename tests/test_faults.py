@@ -968,7 +968,7 @@ REFUSED = {  # field: (value in the halted run, new value)
     "seed": (0, 1),
     "dtype": ("float32", "bfloat16"),
     "data.pad": (1, 2),
-    "model.dropout_rate": (None, 0.1),
+    "model.dropout_rate": (0.0, 0.1),  # the saved config holds every field of the network
     "num_train_steps": (4, 6),  # lengthening an unfinished run moves its schedule
 }
 
