@@ -432,6 +432,7 @@ def test_init_from_a_checkpoint_of_another_model_stops_and_writes_nothing(source
     assert r.returncode == 2 and "config.init_from=" in r.stderr and not workdir.exists()
 
 
+@pytest.mark.slow
 def test_finetune_config_is_valid_and_enlarges_images_on_the_device(tmp_path, fast_compile):
     """The fine-tuning config as written, and its data path (ImageNet normalisation, images
     enlarged inside the step) on small RGB images with a tiny network."""

@@ -485,6 +485,7 @@ def runner(root: Path, cache: Path, *extra: str, study: str = SMOKE_STUDY,
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_smoke_study_end_to_end(tmp_path):
     from dnjax import logs
 
@@ -584,6 +585,7 @@ def test_data_efficiency_study_pairs_equal_networks_on_nested_subsets_with_equal
 DE_SMOKE_RUNS = ("densenet_bc100_k12_c100+_10pct_s0", "densenet_bc100_k12_c100+_10pct_s1")
 
 
+@pytest.mark.slow
 def test_data_efficiency_smoke_study_end_to_end(tmp_path):
     from dnjax import logs
 
@@ -642,6 +644,7 @@ def test_layer_gradient_norms_against_autodiff_and_by_hand():
     assert gradient_flow.ratio(norms, "weight") == pytest.approx(norms[0]["weight"] / norms[2]["weight"])
 
 
+@pytest.mark.slow
 def test_gradient_flow_smoke_end_to_end(tmp_path, capsys):
     from dnjax import logs
 

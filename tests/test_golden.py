@@ -30,6 +30,8 @@ OVERRIDES = ("--config.num_train_steps=8", "--config.log_every_steps=1", "--conf
 # What must match for the pinned numbers to apply.
 PINNED = ("jax", "jaxlib", "flax", "optax", "numpy", "platform", "cpu", "xla_flags", "threads", "devices")
 
+pytestmark = pytest.mark.slow  # whole runs in subprocesses
+
 
 def golden_run(workdir: Path) -> tuple[list[dict], dict]:
     """Trains the golden run in ``workdir`` on one core; its numbers and its provenance."""

@@ -30,6 +30,8 @@ _WITHOUT_GRAIN = (
     "runpy.run_module('dnjax.benchmark.gpu', run_name='__main__', alter_sys=True)"
 )
 
+pytestmark = pytest.mark.slow  # whole runs in subprocesses
+
 
 def _run(args, timeout=900):
     return subprocess.run([sys.executable, "-c", _WITHOUT_GRAIN, *args], cwd=ROOT,

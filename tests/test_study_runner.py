@@ -30,6 +30,8 @@ RUNS = ("densenet_bc100_k12_pre_c10+_s0", "densenet_bc100_k12_post_c10+_s0",
 # 5 epochs of the 64-image digits split at batch 16: 20 steps, evaluated and saved every 4.
 LONGER = ("num_epochs=5",)
 
+pytestmark = pytest.mark.slow  # whole runs in subprocesses
+
 
 # 1. Placement: the environment of each slot (no hardware needed) ----------------------------------
 
