@@ -176,16 +176,19 @@ def _reference_lines(ax, results: Sequence["RunSummary"], colors: dict[str, str]
 
 
 def _family_points(results, dataset: str, x_field: str):
-    fams: dict[str, list[tuple[float, float, float | None, str]]] = {}
+    """{family: [(x, mean final error, paper, label, half-width of the mean's 95% interval or
+    None, each seed's error)]}, one point per setting, sorted by x."""
+    fams: dict[str, list[tuple]] = {}
     by_group: dict[str, list] = {}
     for r in results:
         if r.finished and r.run.dataset == dataset and getattr(r, x_field) and r.final_error is not None:
             by_group.setdefault(r.run.group, []).append(r)
     for rs in by_group.values():
         x = float(getattr(rs[0], x_field))
-        err = statistics.fmean(r.final_error for r in rs)
-        fams.setdefault(rs[0].run.family, []).append((x, err, rs[0].run.paper, rs[0].run.label))
-    return {f: sorted(p) for f, p in fams.items()}
+        errors = [r.final_error for r in rs]
+        err, half = mean_interval(errors)
+        fams.setdefault(rs[0].run.family, []).append((x, err, rs[0].run.paper, rs[0].run.label, half, errors))
+    return {f: sorted(p, key=lambda t: t[0]) for f, p in fams.items()}
 
 
 def efficiency(results: Sequence["RunSummary"], path: Path, title: str = "") -> Path | None:
@@ -200,9 +203,14 @@ def efficiency(results: Sequence["RunSummary"], path: Path, title: str = "") -> 
             for i, (family, pts) in enumerate(sorted(fams.items())):
                 c = COLORS[i % len(COLORS)]
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-                ax.plot(xs, ys, marker="o", color=c, label=f"{family} (measured)")
-                for x, y, _, label in pts:
-                    ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                several = any(p[4] is not None for p in pts)
+                ax.plot(xs, ys, marker="o", color=c,
+                        label=f"{family} (measured{', mean ± 95% interval over seeds' if several else ''})")
+                for x, y, _, label, half, errors in pts:
+                    ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+                    if half is not None:
+                        ax.errorbar([x], [y], yerr=[half], color=c, capsize=4, linewidth=1)
+                        ax.plot([x] * len(errors), errors, "o", color=c, alpha=0.35, markersize=3)
                 paper = [(p[0], p[2]) for p in pts if p[2] is not None]
                 if paper:
                     ax.plot(*zip(*paper), marker="o", markerfacecolor="none", linestyle=":", color=c,
