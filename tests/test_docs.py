@@ -87,8 +87,8 @@ def test_readme_opens_with_the_two_setup_commands_that_ci_and_the_quickstart_con
     install, test = _ci_commands()
     assert install == "python3 -m pip install -e '.[test]'", install  # the form the README shows
     extras = tomllib.loads(_text(REPO / "pyproject.toml"))["project"]["optional-dependencies"]
-    assert any(r.startswith("pytest") for r in extras["test"])
-    assert test == "python3 -m pytest -q tests"
+    assert any(r.startswith("pytest") for r in extras["test"]) and any(r.startswith("pytest-xdist") for r in extras["test"])
+    assert test == "python3 -m pytest -q -n auto tests"  # a worker per core (pytest-xdist)
     assert first_block[1] == f"{install} && {test}"
 
     # The first command installs the package without extras and runs the quickstart exactly as the
