@@ -80,7 +80,8 @@ class ConfigFlag:
         from absl import flags
 
         self.name, self.value = name, None
-        flags.DEFINE_string(name, None, f"{help} Override any field with --{name}.FIELD=VALUE.")
+        flags.DEFINE_string(name, None, f"{help} Override any field with --{name}.FIELD=VALUE "
+                            "(python -m dnjax.knobs lists them; python -m dnjax.models --fields the networks').")
 
     def parse(self, argv: list[str]) -> list[str]:
         from absl import app, flags

@@ -9,6 +9,9 @@ are not knobs: they are the zoo module's own fields (``python -m dnjax.models --
 its annotations, and a run's ``config.json`` records every one of them.
 
     python -m dnjax.main --config=configs/default.py --workdir=runs/x --config.optim.weight_decay=5e-4
+
+``python -m dnjax.knobs`` lists every knob with its default, what a resumed run may do with it and
+what it is for.
 """
 
 from __future__ import annotations
@@ -179,3 +182,14 @@ def set_path(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
             node[part] = ml_collections.ConfigDict()
         node = node[part]
     node[leaf] = value
+
+
+def describe() -> list[str]:
+    """A line per knob: ``path = default  [resume policy]  what it is for``."""
+    width = max(len(p) for p in KNOBS)
+    return [f"{path:<{width}} = {k.default!r:<20} [{k.resume}]{'  ' + k.doc if k.doc else ''}"
+            for path, k in KNOBS.items()]
+
+
+if __name__ == "__main__":
+    print("\n".join(describe()))

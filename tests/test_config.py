@@ -131,3 +131,13 @@ def test_evaluate_re_evaluates_on_changed_data_fields_and_says_so(reference_run)
     assert "over 100 images of the digits test split, data.test_limit=100" in r.stdout
     r = evaluate("--config.seed=1")
     assert r.returncode == 2 and "config.seed cannot change for an evaluation" in r.stderr
+
+
+def test_the_knobs_command_lists_every_knob_with_its_default_and_resume_policy():
+    r = subprocess.run([sys.executable, "-m", "dnjax.knobs"], cwd=runs.REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == len(knobs.KNOBS)
+    row = next(line for line in lines if line.startswith("optim.learning_rate "))
+    assert "= 0.1" in row and "[fixed]" in row
+    assert "[free]" in next(line for line in lines if line.startswith("eval_every_epochs "))
