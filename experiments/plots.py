@@ -51,13 +51,14 @@ def _group_colors(results: Sequence["RunSummary"]) -> dict[str, str]:
     return colors
 
 
-def _finish(fig, path: Path, log_axes=()) -> Path:
+def _finish(fig, path: Path, log_axes=(), rect=None) -> Path:
     """Gives each axis of ``log_axes`` the grid of a log scale (major and minor lines) and a
-    legend, then lays out, writes and closes the figure."""
+    legend, then lays out (the axes within ``rect`` of the figure, if given), writes and closes
+    the figure."""
     for ax in log_axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -289,13 +290,11 @@ def activation(results: Sequence["RunSummary"], path: Path, title: str = "") -> 
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("final test error (%)")
     fig.suptitle(f"Pre- vs post-activation layers{title}", fontsize=10)
-    # One legend under the panels: inside a panel it would hide the intervals' ends.
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    # One legend under the panels (inside a panel it would hide the intervals' ends), each entry
+    # once: every panel draws the same kinds of marks.
+    entries = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(entries.values(), entries.keys(), loc="lower center", ncol=2, fontsize=7, frameon=False)
+    return _finish(fig, path, rect=(0, 0.1, 1, 1))
 
 
 def data_efficiency(results: Sequence["RunSummary"], path: Path, title: str = "") -> Path | None:

@@ -222,9 +222,12 @@ def built_fields(name: str, **overrides: Any) -> dict[str, Any]:
     arguments = {} if inspect.isclass(fn) else inspect.signature(factory).parameters
     out = {}
     for field in field_types(name):
-        value = overrides[field] if field in overrides else getattr(module, field, None)
-        if field not in overrides and not hasattr(module, field) and field in arguments:
-            value = arguments[field].default
+        if field in overrides:
+            value = overrides[field]
+        elif hasattr(module, field):
+            value = getattr(module, field)
+        else:
+            value = arguments[field].default if field in arguments else None
         out[field] = tuple(value) if isinstance(value, list) else value
     return out
 

@@ -31,22 +31,21 @@ def rows(names, fields=None, num_classes=None):
         entry = ZOO[name]
         model = get_model(name, num_classes=num_classes, **fields.get(name, {}))
         d = summary.describe(model, entry.input_shape)
-        if fields.get(name) or num_classes:
-            name = name + "*"
-        if name.endswith("*"):
+        changed = bool(fields.get(name) or num_classes)
+        if changed:
             paper = None
         elif name in published.CIFAR_PARAMS:
             paper = published.CIFAR_PARAMS[name][0]
         else:
             paper = published.IMAGENET_PARAMS.get(name)
         yield {
-            "name": name,
+            "name": name + "*" if changed else name,
             "input": "x".join(map(str, entry.input_shape[:2])),
             "classes": num_classes or entry.num_classes,
             "params": d["params"],
             "paper_params": paper,
             "macs": d["macs"],
-            "paper_macs": None if name.endswith("*") else published.MACS.get(name),
+            "paper_macs": None if changed else published.MACS.get(name),
             "layers_per_block": d["layers_per_block"],
         }
 
@@ -69,20 +68,19 @@ def main(argv=None) -> int:
             parser.error(f"unknown model {n!r}; valid: {', '.join(sorted(ZOO))}")
     fields = {}
     try:
+        if any(not path.startswith("model.") or path == "model.name" for path, _ in overrides):
+            raise config_lib.ConfigError("only the network's fields can be set here: --config.model.FIELD=VALUE "
+                                         "(choose the network with --only)")
         for n in names if overrides else ():
-            if any(not path.startswith("model.") or path == "model.name" for path, _ in overrides):
-                raise config_lib.ConfigError("only the network's fields can be set here: --config.model.FIELD=VALUE "
-                                             "(choose the network with --only)")
-            config = config_lib.override(knobs.defaults(n), overrides)
-            fields[n] = config_lib.model_overrides(config)
-            get_model(n, **fields[n])
+            fields[n] = config_lib.model_overrides(config_lib.override(knobs.defaults(n), overrides))
+            get_model(n, **fields[n])  # a value the module refuses fails here, before any row
     except (config_lib.ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitStatus.BAD_INPUT
     if args.fields:
         for n in names:
-            fields = ", ".join(f"{k}: {t.__name__}" for k, t in field_types(n).items())
-            print(f"{n} ({ZOO[n].family}): {fields}")
+            listed = ", ".join(f"{k}: {t.__name__}" for k, t in field_types(n).items())
+            print(f"{n} ({ZOO[n].family}): {listed}")
         return ExitStatus.OK
     header = ["model", "input", "classes", "params", "paper params", "MACs", "paper MACs", "layers per block"]
     fmt_int = lambda v: "" if v is None else f"{v:,}"
